@@ -1,0 +1,1 @@
+"""PyTorch -> jaxmatte weight conversion: safe checkpoint reading, declarative key tables, the `convert.py` CLI."""

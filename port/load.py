@@ -1,0 +1,106 @@
+"""Safe reading of PyTorch checkpoints into numpy: no pickled code is ever executed.
+
+`.safetensors` through safetensors; `.pth`/`.pt`/`.bin`/`.ckpt` through `torch.load(weights_only=True)`.
+fp16/bf16 tensors are upcast to float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or has no usable state dict."""
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """The checkpoint's top-level object with every tensor turned into a numpy array."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear message
+        raise CheckpointError(
+            f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from err
+    return _to_numpy(obj)
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: _tensor_to_numpy(f.get_tensor(k)) for k in f.keys()}  # noqa: SIM118
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def _tensor_to_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return t.detach().cpu().numpy()
+
+
+def _to_numpy(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return _tensor_to_numpy(obj)
+    if isinstance(obj, Mapping):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_numpy(v) for v in obj)
+    return obj
+
+
+def is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, np.ndarray) for v in obj.values())
+    )
+
+
+def unwrap_state_dict(obj: Any, keys: Iterable[str] = STATE_DICT_KEYS, *, source: str = "checkpoint") -> dict:
+    """The tensor dict inside common wrappers (`model`, `state_dict`, ...), with `module.` prefixes stripped."""
+    if not is_state_dict(obj) and isinstance(obj, Mapping):
+        for key in keys:
+            if key in obj and is_state_dict(obj[key]):
+                obj = obj[key]
+                break
+    if not is_state_dict(obj):
+        found = sorted(obj)[:12] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{source}: no state dict found (top level: {found}; looked for {tuple(keys)})")
+    return strip_prefix(dict(obj), "module.")
+
+
+def strip_prefix(state_dict: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Remove `prefix` from every key when all keys carry it."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def select_prefix(state_dict: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Keys under `prefix`, with it removed (e.g. a backbone inside a whole-model checkpoint)."""
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """A bare state dict from any supported file and wrapper."""
+    return unwrap_state_dict(read_checkpoint(path), source=str(path))
