@@ -6,33 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from port.reference import perturb_
+
+__all__ = ["assert_close", "nchw_to_nhwc", "perturb_", "save_safetensors"]
+
 ATOL = 1e-4
 REL = 1e-5
-
-
-def perturb_(module, seed: int = 0, gamma_range: tuple[float, float] = (0.5, 1.0)) -> None:
-    """Make a random-init torch reference informative: shift every bias, norm affine and BN statistic,
-    and draw layer-scale gammas from `gamma_range` (random init hides bugs: zero biases, unit norms, gamma 1e-5)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in list(module.state_dict(keep_vars=True).items()):
-            if not tensor.is_floating_point():
-                continue
-            leaf = name.rsplit(".", 1)[-1]
-            noise = torch.randn(tensor.shape, generator=g, dtype=tensor.dtype)
-            if leaf in ("gamma", "gamma_1", "gamma_2") or name.endswith("ls1.gamma") or name.endswith("ls2.gamma"):
-                lo, hi = gamma_range
-                tensor.copy_(lo + (hi - lo) * torch.rand(tensor.shape, generator=g, dtype=tensor.dtype))
-            elif leaf == "running_var":
-                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=g, dtype=tensor.dtype))
-            elif leaf == "running_mean" or leaf == "bias" or leaf.endswith("_bias"):
-                tensor.add_(0.1 * noise)
-            elif leaf == "weight" and tensor.ndim == 1:
-                tensor.add_(0.1 * noise)
-            elif leaf in ("relative_position_bias_table", "cls_token", "reg_token", "pos_embed", "storage_tokens"):
-                tensor.add_(0.1 * noise)
 
 
 def save_safetensors(module, path: Path) -> Path:
