@@ -18,9 +18,7 @@ def gelu(x: jax.Array) -> jax.Array:
 
 def layer_norm(dim: int, eps: float, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """LayerNorm with an explicit epsilon and PyTorch's two-pass variance."""
-    return nnx.LayerNorm(
-        dim, epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-    )
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def linear(

@@ -86,7 +86,9 @@ def stored_values(model: nnx.Module) -> dict[str, np.ndarray]:
     return {path_name(p): np.asarray(v.get_value()) for p, v in stored.flat_state()}
 
 
-def save_pretrained(model: nnx.Module, config: Any, directory: str | Path, *, info: Mapping[str, Any] | None = None) -> Path:
+def save_pretrained(
+    model: nnx.Module, config: Any, directory: str | Path, *, info: Mapping[str, Any] | None = None
+) -> Path:
     """Write `directory/config.json` and `directory/params` (Orbax). `info` is stored as-is (e.g. preprocessing)."""
     import orbax.checkpoint as ocp
 

@@ -28,7 +28,7 @@ def linear_kernel(a: np.ndarray) -> np.ndarray:
 
 
 def conv_kernel(a: np.ndarray) -> np.ndarray:
-    """nn.Conv2d weight (O, I/g, kh, kw) -> (kh, kw, I/g, O); also nn.ConvTranspose2d (I, O, kh, kw) -> (kh, kw, O, I)."""
+    """Conv2d weight (O, I/g, kh, kw) -> (kh, kw, I/g, O); ConvTranspose2d (I, O, kh, kw) -> (kh, kw, O, I)."""
     return a.transpose(2, 3, 1, 0)
 
 
@@ -112,8 +112,9 @@ def port(
             )
     problems += [f"missing: nothing fills {t} {tuple(shapes[t].shape)}" for t in sorted(set(shapes) - set(values))]
     if problems:
-        raise PortError(f"{source}: {len(problems)} problem(s) converting to {type(abstract).__name__}:\n  "
-                        + "\n  ".join(problems))
+        raise PortError(
+            f"{source}: {len(problems)} problem(s) converting to {type(abstract).__name__}:\n  " + "\n  ".join(problems)
+        )
     return pretrained.fill(abstract, values)
 
 
