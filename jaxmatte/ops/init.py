@@ -1,8 +1,9 @@
 """PyTorch default initialisers for NNX kernels and biases.
 
-PyTorch initialises ``nn.Linear``, ``nn.Conv2d`` and ``nn.ConvTranspose2d`` weights with ``kaiming_uniform_(a=sqrt(5))``,
-i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and biases with the same bound. These initialisers reproduce those
-*distributions* (not PyTorch's random stream) and follow the ``nnx.Param`` initialiser signature ``(key, shape, dtype)``.
+PyTorch initialises ``nn.Linear``, ``nn.Conv2d`` and ``nn.ConvTranspose2d`` weights with
+``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and biases with the same bound. These
+initialisers reproduce those *distributions* (not PyTorch's random stream) and follow the ``nnx.Param`` initialiser
+signature ``(key, shape, dtype)``.
 
 In every NNX kernel layout the torch ``fan_in`` is the product of all but the last axis:
 

@@ -1,8 +1,7 @@
 """Spatial resizing with the semantics of ``torch.nn.functional.interpolate`` (NHWC, ``antialias=False``).
 
-Index and weight tables are built with NumPy at trace time, in the same float precision PyTorch uses on CPU (float32,
-float64 for float64 inputs), and applied as separable gathers along H and W. Results are bitwise- or float-rounding-close
-to PyTorch for every input/output size, up- and downscaling alike.
+Per-axis source indices and weights are built with NumPy at trace time in PyTorch's float precision (float32; float64
+for float64 inputs) and applied as separable gathers, width first then height, like PyTorch's CPU kernel.
 """
 
 from typing import Literal
@@ -56,7 +55,9 @@ def _axis_taps(
     if align_corners:
         source = scale * dst
     else:
-        source = np.maximum(scale * (dst + opmath(0.5)) - opmath(0.5), opmath(0))
+        # scale * (dst + 0.5) - 0.5 rounded once (an FMA), as most PyTorch kernels do; some CPU paths round twice.
+        exact = np.float64(scale) * (dst.astype(np.float64) + 0.5) - 0.5
+        source = np.maximum(exact, 0.0).astype(opmath)
     low = np.minimum(np.floor(source).astype(np.int64), last)
     high_weight = np.clip(source - low.astype(opmath), opmath(0), opmath(1)).astype(opmath)
     high = low + (low < last)
