@@ -107,8 +107,8 @@ def port(
             problems.append(f"key {origin[target]} maps to {target}, which the model does not have")
         elif tuple(values[target].shape) != tuple(shapes[target].shape):
             problems.append(
-                f"shape mismatch {origin[target]} {tuple(values[target].shape)} -> {target} "
-                f"expects {tuple(shapes[target].shape)}"
+                f"shape mismatch {origin[target]} {tuple(np.shape(state_dict[origin[target]]))} -> {target} "
+                f"{tuple(values[target].shape)} after transform, model expects {tuple(shapes[target].shape)}"
             )
     problems += [f"missing: nothing fills {t} {tuple(shapes[t].shape)}" for t in sorted(set(shapes) - set(values))]
     if problems:
