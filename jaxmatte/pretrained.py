@@ -35,7 +35,7 @@ def path_name(path: tuple[Any, ...]) -> str:
 def stored_shapes(abstract: nnx.Module) -> dict[str, jax.ShapeDtypeStruct]:
     """Dotted path -> abstract leaf of every stored variable (parameters and batch statistics)."""
     _, stored, _ = nnx.split(abstract, STORED, ...)
-    return {path_name(p): v.get_value() for p, v in stored.flat_state()}
+    return {path_name(p): v.get_value() for p, v in nnx.to_flat_state(stored)}
 
 
 def fill(abstract: nnx.Module, values: Mapping[str, Any]) -> nnx.Module:
@@ -44,7 +44,7 @@ def fill(abstract: nnx.Module, values: Mapping[str, Any]) -> nnx.Module:
     Arrays are cast to the abstract leaf's dtype. Non-stored state (dropout RNG streams) is created fresh.
     """
     graphdef, stored, rest = nnx.split(abstract, STORED, ...)
-    shapes = {path_name(p): v.get_value() for p, v in stored.flat_state()}
+    shapes = {path_name(p): v.get_value() for p, v in nnx.to_flat_state(stored)}
     missing = sorted(set(shapes) - set(values))
     extra = sorted(set(values) - set(shapes))
     wrong = [
@@ -64,7 +64,7 @@ def fill(abstract: nnx.Module, values: Mapping[str, Any]) -> nnx.Module:
         template = variable.get_value()
         return variable.replace(jnp.asarray(values[path_name(path)], dtype=template.dtype))
 
-    stored = nnx.State.from_flat_path([(p, leaf(p, v)) for p, v in stored.flat_state()])
+    stored = nnx.from_flat_state([(p, leaf(p, v)) for p, v in nnx.to_flat_state(stored)])
     rest = jax.tree.map(_fresh, rest)
     model = nnx.merge(graphdef, stored, rest)
     model.eval()
@@ -83,7 +83,7 @@ def _fresh(leaf: Any) -> Any:
 def stored_values(model: nnx.Module) -> dict[str, np.ndarray]:
     """Dotted path -> numpy array of every stored variable of a concrete model."""
     _, stored, _ = nnx.split(model, STORED, ...)
-    return {path_name(p): np.asarray(v.get_value()) for p, v in stored.flat_state()}
+    return {path_name(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(stored)}
 
 
 def save_pretrained(

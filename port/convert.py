@@ -51,8 +51,7 @@ def timm_resized_checkpoint(src: Path, model_name: str, img_size: list[int] | No
     return {k: load._tensor_to_numpy(v) for k, v in model.state_dict().items()}
 
 
-def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    """The CLI; only the `selected` kind's module is imported (its options appear in its `--help`)."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="port/convert.py", description=__doc__.splitlines()[0])
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind, (module_name, help_text) in KINDS.items():
@@ -64,15 +63,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         resize.add_argument("--img-size", type=int, nargs="+", metavar="N", help="new input size: S or H W")
         if kind == "swin":
             resize.add_argument("--window-size", type=int, help="new window size")
-        if kind == selected:
-            importlib.import_module(module_name).add_arguments(sub)
+        importlib.import_module(module_name).add_arguments(sub)
     return parser
 
 
 def run(argv: list[str] | None = None) -> Converted:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    selected = next((a for a in argv if a in KINDS), None)
-    args = build_parser(selected).parse_args(argv)
+    args = build_parser().parse_args(argv)
     module = importlib.import_module(KINDS[args.kind][0])
     window_size = getattr(args, "window_size", None)
     if args.timm_model:
