@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 Dtype = Any
+DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -29,6 +30,30 @@ def linear(
         out_features,
         use_bias=use_bias,
         kernel_init=nnx.initializers.truncated_normal(0.02),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def patch_conv(
+    in_chans: int,
+    dim: int,
+    patch_size: int,
+    *,
+    kernel_init: nnx.Initializer = DEFAULT_KERNEL_INIT,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """Patch embedding: Conv kernel = stride = `patch_size`, no padding (PyTorch `patch_embed.proj`)."""
+    return nnx.Conv(
+        in_chans,
+        dim,
+        kernel_size=(patch_size, patch_size),
+        strides=(patch_size, patch_size),
+        padding="VALID",
+        kernel_init=kernel_init,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmatte.layers import DropPath, Mlp, SwiGLU, attention, layer_norm, linear
+from jaxmatte.layers import DropPath, Mlp, SwiGLU, attention, layer_norm, linear, patch_conv
 from jaxmatte.registry import register
 
 LAYER_SCALE_INIT = 1e-5
@@ -156,16 +156,7 @@ class PatchEmbed(nnx.Module):
     """Conv p×p stride p (`patch_embed.proj`), NHWC -> (B, H/p, W/p, D)."""
 
     def __init__(self, patch_size: int, in_chans: int, dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.proj = nnx.Conv(
-            in_chans,
-            dim,
-            (patch_size, patch_size),
-            strides=(patch_size, patch_size),
-            padding="VALID",
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
+        self.proj = patch_conv(in_chans, dim, patch_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.proj(x)

@@ -173,15 +173,8 @@ class PatchEmbed(nnx.Module):
     def __init__(self, config: SwinConfig, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
         p = config.patch_size
         self.patch_size = p
-        self.proj = nnx.Conv(
-            config.in_chans,
-            config.embed_dim,
-            kernel_size=(p, p),
-            strides=(p, p),
-            padding="VALID",
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
+        self.proj = layers.patch_conv(
+            config.in_chans, config.embed_dim, p, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
         self.norm = layers.layer_norm(
             config.embed_dim, config.norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmatte.layers import DropPath, Mlp, attention, layer_norm, linear
+from jaxmatte.layers import DropPath, Mlp, attention, layer_norm, linear, patch_conv
 from jaxmatte.registry import register
 
 Dtype = Any
@@ -195,13 +195,10 @@ class Block(nnx.Module):
 
 class PatchEmbed(nnx.Module):
     def __init__(self, config: ViTConfig, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
-        p = config.patch_size
-        self.proj = nnx.Conv(
+        self.proj = patch_conv(
             config.in_chans,
             config.embed_dim,
-            kernel_size=(p, p),
-            strides=(p, p),
-            padding="VALID",
+            config.patch_size,
             kernel_init=nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1),
             dtype=dtype,
             param_dtype=param_dtype,
