@@ -1,0 +1,593 @@
+"""Evaluation of predictions against ground truth: pairing, per-image metrics, dataset summaries and reports.
+
+Two entry points feed the same per-image computation (`evaluate_arrays`) and the same reports:
+
+- folders of saved predictions: `pair_folders` matches files by stem, `evaluate_pairs` reads and evaluates them in a
+  process pool (each worker reads its own files; unreadable files are reported and skipped);
+- in-memory records (`Record`: name, 8-bit prediction, GT, optional trimap and image), e.g. from a model run:
+  `evaluate_records`.
+
+Protocol (metrics spec, DIS section): a prediction of another size is resized to the GT size with OpenCV bilinear
+interpolation (`cv2.resize(..., INTER_LINEAR)`); DIS metrics use GT > 128. Matting metrics (SAD, MSE, Grad, Conn at
+the official scales) are added when trimaps are given (region: unknown pixels, trimap == 128) or when the GT is soft
+(region: whole image). "Soft" rule: the mean over the dataset's images of the fraction of GT pixels strictly between
+0 and 255 exceeds `SOFT_GT_FRACTION` (1 %). Binary masks, anti-aliased edges included, have a small fraction (edge
+pixels only); alpha mattes have several percent (8 % on average for the alphamatting.com training set).
+
+Reports: a text table (DIS papers' column order, then the matting metrics; MSE shown x1e3, HCE as an integer, the rest
+with 3 decimals), JSON (one object per dataset, exact key names), a per-image CSV and a PNG grid of the worst images.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from jaxmatte.data.io import ImageReadError, list_images, read_image, read_mask, write_png
+from jaxmatte.metrics.dis import (
+    DIS_KEYS,
+    HCE_BINARIZE_RULES,
+    DISImageStats,
+    dis_image_row,
+    dis_image_stats,
+    resize_to_gt,
+    summarize_dis,
+)
+from jaxmatte.metrics.matting import MATTING_KEYS, matting_image_metrics, summarize_matting
+
+SOFT_GT_FRACTION = 0.01
+MattingMode = Literal["auto", "yes", "no"]
+MATTING_MODES: tuple[str, ...] = ("auto", "yes", "no")
+GT_FOLDER_NAMES = frozenset({"gt", "gts", "mask", "masks", "alpha", "alphas"})
+# Among files sharing a stem, the first suffix here wins (lossless before lossy).
+SUFFIX_PREFERENCE: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".webp", ".jpg", ".jpeg")
+TABLE_KEYS: tuple[str, ...] = (*DIS_KEYS, *MATTING_KEYS)
+
+
+# ----------------------------------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Files of one image, matched by stem: prediction, GT, and optionally trimap and input image."""
+
+    name: str
+    pred: Path
+    gt: Path
+    trimap: Path | None = None
+    image: Path | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image in memory: HxW uint8 prediction (any size), GT, optional trimap (GT size) and RGB image."""
+
+    name: str
+    pred: np.ndarray
+    gt: np.ndarray
+    trimap: np.ndarray | None = None
+    image: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that was not evaluated, and why."""
+
+    name: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """Per-image numbers (picklable): DIS partial results, matting metrics when they apply, sizes (H, W)."""
+
+    name: str
+    gt_size: tuple[int, int]
+    pred_size: tuple[int, int]
+    dis: DISImageStats
+    matting: dict[str, float] | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The per-image CSV row."""
+        row: dict[str, Any] = {
+            "name": self.name,
+            "height": self.gt_size[0],
+            "width": self.gt_size[1],
+            "pred_height": self.pred_size[0],
+            "pred_width": self.pred_size[1],
+        }
+        row.update(dis_image_row(self.dis))
+        if self.matting is not None:
+            row.update({key: self.matting[key] for key in MATTING_KEYS})
+        return row
+
+    @property
+    def mae(self) -> float:
+        return float(dis_image_row(self.dis)["MAE"])
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-image results of one dataset and the files that were skipped; `matting_region` None = no matting."""
+
+    results: list[ImageResult]
+    problems: list[Problem]
+    matting_region: str | None
+    hce_binarize: str = "dis"
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    """Dataset summary: metric values by key, image count, skipped files, per-image results."""
+
+    name: str
+    summary: dict[str, float]
+    images: int
+    skipped: list[Problem]
+    matting_region: str | None
+    hce_binarize: str
+    results: list[ImageResult] = field(default_factory=list, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON object of this dataset (metric keys in table order; NaN written as null)."""
+        data: dict[str, Any] = {key: _json_number(self.summary[key]) for key in TABLE_KEYS if key in self.summary}
+        data["images"] = self.images
+        data["skipped"] = [problem.as_dict() for problem in self.skipped]
+        data["matting_region"] = self.matting_region
+        data["hce_binarize"] = self.hce_binarize
+        return data
+
+
+# ----------------------------------------------------------------------------------------------------------- pairing
+
+
+def pair_folders(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    trimap_dir: str | os.PathLike | None = None,
+    image_dir: str | os.PathLike | None = None,
+) -> tuple[list[Pair], list[Problem]]:
+    """Match predictions, GTs (and trimaps, images) by file stem; sorted by name.
+
+    Problems: GTs without prediction (or without trimap when a trimap folder is given), predictions without GT, and
+    files ignored because another file in the same folder has the same stem (`SUFFIX_PREFERENCE` picks the one used).
+    A missing input image only leaves its grid tile empty.
+    """
+    problems: list[Problem] = []
+    preds = _index_by_stem(pred_dir, "prediction", problems)
+    gts = _index_by_stem(gt_dir, "ground-truth", problems)
+    trimaps = _index_by_stem(trimap_dir, "trimap", problems) if trimap_dir is not None else None
+    images = _index_by_stem(image_dir, "image", problems) if image_dir is not None else {}
+
+    pairs = []
+    for name, gt in sorted(gts.items()):
+        if name not in preds:
+            problems.append(Problem(gt.name, "no prediction"))
+            continue
+        trimap = None
+        if trimaps is not None:
+            trimap = trimaps.get(name)
+            if trimap is None:
+                problems.append(Problem(gt.name, "no trimap"))
+                continue
+        pairs.append(Pair(name, preds[name], gt, trimap, images.get(name)))
+    problems.extend(Problem(pred.name, "no ground truth") for name, pred in sorted(preds.items()) if name not in gts)
+    return pairs, problems
+
+
+def _index_by_stem(folder: str | os.PathLike, role: str, problems: list[Problem]) -> dict[str, Path]:
+    by_stem: dict[str, list[Path]] = {}
+    for path in list_images(folder):
+        by_stem.setdefault(path.stem, []).append(path)
+    index = {}
+    for stem, paths in by_stem.items():
+        paths.sort(key=lambda path: (SUFFIX_PREFERENCE.index(path.suffix.lower()), path.name))
+        index[stem] = paths[0]
+        problems.extend(
+            Problem(path.name, f"duplicate stem in the {role} folder; {paths[0].name} used") for path in paths[1:]
+        )
+    return index
+
+
+def default_dataset_name(gt_dir: str | os.PathLike) -> str:
+    """The GT folder's parent name when the folder has a generic name (DIS-TE1/gt -> DIS-TE1), else its own name."""
+    folder = Path(gt_dir).resolve()
+    return folder.parent.name if folder.name.lower() in GT_FOLDER_NAMES and folder.parent.name else folder.name
+
+
+# ------------------------------------------------------------------------------------------------ per-image metrics
+
+
+def soft_fraction(gt: np.ndarray) -> float:
+    """Fraction of GT pixels strictly between 0 and 255."""
+    return float(np.count_nonzero((gt > 0) & (gt < 255)) / max(gt.size, 1))
+
+
+def matting_applies(trimaps_given: bool, soft_fractions: Sequence[float], mode: MattingMode = "auto") -> bool:
+    """The decision rule for matting metrics (see the module docstring); `mode` "yes" / "no" overrides it."""
+    if mode not in MATTING_MODES:
+        raise ValueError(f"matting mode must be one of {MATTING_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode == "yes"
+    return trimaps_given or (len(soft_fractions) > 0 and float(np.mean(soft_fractions)) > SOFT_GT_FRACTION)
+
+
+def evaluate_arrays(
+    name: str,
+    pred: np.ndarray,
+    gt: np.ndarray,
+    trimap: np.ndarray | None = None,
+    *,
+    with_matting: bool,
+    hce_binarize: str = "dis",
+) -> ImageResult:
+    """Per-image DIS stats and (optionally) matting metrics; `pred` is resized to the GT size first."""
+    for label, array in (("prediction", pred), ("ground truth", gt), ("trimap", trimap)):
+        if array is not None and (array.ndim != 2 or array.dtype != np.uint8):
+            raise ValueError(f"{name}: {label} must be an HxW uint8 array, got {array.dtype} {array.shape}")
+    if trimap is not None and trimap.shape != gt.shape:
+        raise ValueError(f"{name}: trimap size {_size(trimap)} differs from the ground-truth size {_size(gt)}")
+    pred_at_gt = resize_to_gt(pred, gt)
+    stats = dis_image_stats(pred_at_gt, gt, hce_binarize=hce_binarize)
+    matting = matting_image_metrics(pred_at_gt, gt, trimap) if with_matting else None
+    return ImageResult(name, gt.shape, pred.shape, stats, matting)
+
+
+def _size(array: np.ndarray) -> str:
+    return f"{array.shape[1]}x{array.shape[0]}"
+
+
+def _read(path: Path, role: str) -> np.ndarray:
+    """read_mask with the role in the error ("unreadable prediction x.png: truncated ...")."""
+    try:
+        return read_mask(path)
+    except ImageReadError as exc:
+        raise ImageReadError(path, f"unreadable {role} {path.name}: {exc.problem}") from None
+
+
+def _evaluate_pair(task: tuple[Pair, bool, str]) -> ImageResult | Problem:
+    """Worker: read the files of one pair and evaluate them; unreadable files and bad sizes become a Problem."""
+    pair, with_matting, hce_binarize = task
+    try:
+        gt = _read(pair.gt, "ground truth")
+        pred = _read(pair.pred, "prediction")
+        trimap = _read(pair.trimap, "trimap") if pair.trimap is not None else None
+        return evaluate_arrays(pair.name, pred, gt, trimap, with_matting=with_matting, hce_binarize=hce_binarize)
+    except ImageReadError as exc:
+        return Problem(pair.name, exc.problem)
+    except ValueError as exc:
+        return Problem(pair.name, str(exc))
+
+
+def _gt_soft_fraction(path: Path) -> float | None:
+    """Worker: the GT's soft fraction, None when unreadable (the main pass reports it)."""
+    try:
+        return soft_fraction(read_mask(path))
+    except ImageReadError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------- dataset level
+
+
+def evaluate_pairs(
+    pairs: Sequence[Pair],
+    *,
+    hce_binarize: str = "dis",
+    matting: MattingMode = "auto",
+    workers: int | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Evaluate paired files in a process pool of `workers` (default: all cores; 1 = in this process)."""
+    _check_hce_rule(hce_binarize)
+    trimaps_given = any(pair.trimap is not None for pair in pairs)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(pairs) or 1))
+    with _executor(workers) as pool:
+        fractions: list[float] = []
+        if matting == "auto" and not trimaps_given:
+            gts = [pair.gt for pair in pairs]
+            found = _mapped(pool, _gt_soft_fraction, gts, workers, progress, "ground truth")
+            fractions = [fraction for fraction in found if fraction is not None]
+        with_matting = matting_applies(trimaps_given, fractions, matting)
+        tasks = [(pair, with_matting, hce_binarize) for pair in pairs]
+        outcomes = list(_mapped(pool, _evaluate_pair, tasks, workers, progress, "evaluating"))
+    results = [outcome for outcome in outcomes if isinstance(outcome, ImageResult)]
+    problems = [outcome for outcome in outcomes if isinstance(outcome, Problem)]
+    return Evaluation(results, problems, _region(with_matting, trimaps_given), hce_binarize)
+
+
+def evaluate_records(
+    records: Sequence[Record], *, hce_binarize: str = "dis", matting: MattingMode = "auto", progress: bool = False
+) -> Evaluation:
+    """Evaluate in-memory records in this process, with the same rules as `evaluate_pairs`.
+
+    Records whose arrays are unusable (wrong dtype, mismatched trimap) become problems. The matting decision needs
+    every GT first, hence a sequence; a streaming caller passes `matting="yes"` or `"no"`.
+    """
+    _check_hce_rule(hce_binarize)
+    trimaps_given = any(record.trimap is not None for record in records)
+    fractions = [soft_fraction(record.gt) for record in records] if matting == "auto" and not trimaps_given else []
+    with_matting = matting_applies(trimaps_given, fractions, matting)
+    results, problems = [], []
+    for record in tqdm(records, desc="evaluating", file=sys.stderr, disable=None if progress else True):
+        try:
+            results.append(
+                evaluate_arrays(
+                    record.name,
+                    record.pred,
+                    record.gt,
+                    record.trimap,
+                    with_matting=with_matting,
+                    hce_binarize=hce_binarize,
+                )
+            )
+        except ValueError as exc:
+            problems.append(Problem(record.name, str(exc)))
+    return Evaluation(results, problems, _region(with_matting, trimaps_given), hce_binarize)
+
+
+def summarize(name: str, evaluation: Evaluation, extra_problems: Sequence[Problem] = ()) -> DatasetReport:
+    """Dataset numbers: `summarize_dis` (+ `summarize_matting`) over the evaluated images."""
+    results = sorted(evaluation.results, key=lambda result: result.name)
+    summary: dict[str, float] = {}
+    if results:
+        summary.update(summarize_dis([result.dis for result in results]))
+        if evaluation.matting_region is not None:
+            summary.update(summarize_matting([result.matting for result in results if result.matting is not None]))
+    return DatasetReport(
+        name=name,
+        summary=summary,
+        images=len(results),
+        skipped=[*extra_problems, *evaluation.problems],
+        matting_region=evaluation.matting_region,
+        hce_binarize=evaluation.hce_binarize,
+        results=results,
+    )
+
+
+def _region(with_matting: bool, trimaps_given: bool) -> str | None:
+    if not with_matting:
+        return None
+    return "unknown" if trimaps_given else "whole"
+
+
+def _check_hce_rule(hce_binarize: str) -> None:
+    if hce_binarize not in HCE_BINARIZE_RULES:
+        raise ValueError(f"hce_binarize must be one of {HCE_BINARIZE_RULES}, got {hce_binarize!r}")
+
+
+class _InProcess:
+    """The executor interface, run here (one worker: no process start-up cost)."""
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+        return map(fn, items)
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _executor(workers: int) -> ProcessPoolExecutor | _InProcess:
+    # "spawn": forking a process that has started JAX's threads can deadlock.
+    if workers <= 1:
+        return _InProcess()
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one image per process: no nested OpenCV thread pools
+
+
+def _mapped(
+    pool: ProcessPoolExecutor | _InProcess,
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    workers: int,
+    progress: bool,
+    description: str,
+) -> Iterator[Any]:
+    """`pool.map` in chunks (a few per worker, at most 16 items), in order, with a progress bar on stderr."""
+    chunksize = max(1, min(16, len(items) // (4 * workers)))
+    outcomes = pool.map(fn, items, chunksize=chunksize)
+    return iter(tqdm(outcomes, total=len(items), desc=description, file=sys.stderr, disable=None if progress else True))
+
+
+# ----------------------------------------------------------------------------------------------------------- reports
+
+
+def format_table(reports: Sequence[DatasetReport]) -> str:
+    """Aligned text table, one row per dataset: DIS columns in the papers' order, then matting columns if any."""
+    with_matting = any(report.matting_region is not None for report in reports)
+    keys = list(DIS_KEYS) + (list(MATTING_KEYS) if with_matting else [])
+    header = ["dataset", "images", *("MSE(x1e3)" if key == "MSE" else key for key in keys)]
+    rows = [
+        [report.name, str(report.images), *(_format_value(key, report.summary.get(key)) for key in keys)]
+        for report in reports
+    ]
+    widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in [header, *rows]
+    ]
+    if with_matting:
+        described = {"unknown": "unknown (trimap == 128)", "whole": "whole image (no trimap)"}
+        regions = sorted({described[report.matting_region] for report in reports if report.matting_region})
+        lines.append(f"matting region: {', '.join(regions)}; SAD, Grad, Conn /1000; MSE x1e3")
+    return "\n".join(lines)
+
+
+def _format_value(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return "nan"
+    if key == "HCE":
+        return str(round(value))
+    if key == "MSE":
+        value *= 1e3
+    return f"{value:.3f}"
+
+
+def _json_number(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def write_json(path: str | os.PathLike, reports: Sequence[DatasetReport], merge: bool = True) -> Path:
+    """Write `{dataset: {...}}`; with `merge`, datasets already in an existing file are kept (same name replaced)."""
+    path = Path(path)
+    data: dict[str, Any] = read_json_object(path) if merge and path.exists() else {}
+    data.update({report.name: report.as_json() for report in reports})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """An existing results file; ValueError when it is not a JSON object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
+def write_csv(path: str | os.PathLike, report: DatasetReport) -> Path:
+    """One row per evaluated image: name, sizes, per-image DIS numbers, matting numbers when they apply."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [result.row() for result in report.results]
+    columns = list(rows[0]) if rows else ["name", "height", "width", "pred_height", "pred_width"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ worst-images grid
+
+
+@dataclass(frozen=True)
+class GridItem:
+    """One column of the worst-images grid: GT, prediction at GT size, optional RGB image."""
+
+    name: str
+    mae: float
+    gt: np.ndarray
+    pred: np.ndarray
+    image: np.ndarray | None = None
+
+
+def worst_results(results: Sequence[ImageResult], count: int) -> list[ImageResult]:
+    """The `count` images with the largest MAE (ties by name)."""
+    return sorted(results, key=lambda result: (-result.mae, result.name))[: max(count, 0)]
+
+
+def grid_items_from_pairs(pairs: Sequence[Pair], results: Sequence[ImageResult]) -> list[GridItem]:
+    """Re-read the files of `results` (e.g. the worst ones) for the grid; files that fail now are left out."""
+    by_name = {pair.name: pair for pair in pairs}
+    items = []
+    for result in results:
+        pair = by_name[result.name]
+        try:
+            gt = read_mask(pair.gt)
+            pred = resize_to_gt(read_mask(pair.pred), gt)
+            image = read_image(pair.image) if pair.image is not None else None
+        except ImageReadError:
+            continue
+        items.append(GridItem(result.name, result.mae, gt, pred, image))
+    return items
+
+
+def grid_items_from_records(records: Sequence[Record], results: Sequence[ImageResult]) -> list[GridItem]:
+    """Grid columns for `results` from in-memory records."""
+    by_name = {record.name: record for record in records}
+    items = []
+    for result in results:
+        record = by_name[result.name]
+        pred = resize_to_gt(record.pred, record.gt)
+        items.append(GridItem(result.name, result.mae, record.gt, pred, record.image))
+    return items
+
+
+def render_grid(items: Sequence[GridItem], tile: int = 192) -> np.ndarray:
+    """RGB uint8 grid: one column per item (label: file name, MAE), rows image (if any), GT, prediction, |error|."""
+    with_images = any(item.image is not None for item in items)
+    row_names = (["image"] if with_images else []) + ["GT", "prediction", "|error|"]
+    label_height, margin, row_label_width = 40, 4, 84
+    width = row_label_width + len(items) * (tile + margin) + margin
+    height = label_height + len(row_names) * (tile + margin) + margin
+    canvas = np.full((height, width, 3), 32, np.uint8)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.42
+    for row, row_name in enumerate(row_names):
+        y = label_height + row * (tile + margin) + tile // 2
+        cv2.putText(canvas, row_name, (margin, y), font, scale, (230, 230, 230), 1, cv2.LINE_AA)
+    for column, item in enumerate(items):
+        x = row_label_width + column * (tile + margin)
+        name = _fit_text(item.name, tile, font, scale)
+        cv2.putText(canvas, name, (x, 16), font, scale, (230, 230, 230), 1, cv2.LINE_AA)
+        cv2.putText(canvas, f"MAE {item.mae:.3f}", (x, 34), font, scale, (255, 200, 80), 1, cv2.LINE_AA)
+        error = cv2.applyColorMap(cv2.absdiff(item.pred, item.gt), cv2.COLORMAP_INFERNO)[..., ::-1]
+        tiles = ([item.image] if with_images else []) + [item.gt, item.pred, error]
+        for row, content in enumerate(tiles):
+            y = label_height + row * (tile + margin)
+            if content is not None:
+                _paste_thumbnail(canvas, content, x, y, tile)
+    return canvas
+
+
+def write_worst_grid(path: str | os.PathLike, items: Sequence[GridItem], tile: int = 192) -> Path:
+    """Render `items` with `render_grid` and save the PNG."""
+    return write_png(path, render_grid(items, tile))
+
+
+def _fit_text(text: str, width: int, font: int, scale: float) -> str:
+    """`text`, shortened with '...' in the middle until it fits `width` pixels."""
+    if cv2.getTextSize(text, font, scale, 1)[0][0] <= width:
+        return text
+    keep = len(text)
+    while keep > 1:
+        keep -= 1
+        head, tail = text[: (keep + 1) // 2], text[len(text) - keep // 2 :]
+        short = f"{head}...{tail}"
+        if cv2.getTextSize(short, font, scale, 1)[0][0] <= width:
+            return short
+    return text[:1]
+
+
+def _paste_thumbnail(canvas: np.ndarray, content: np.ndarray, x: int, y: int, tile: int) -> None:
+    """Fit `content` (HxW or HxWx3) into a tile x tile square at (x, y), aspect ratio kept, centred."""
+    height, width = content.shape[:2]
+    scale = tile / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
+    thumb = cv2.resize(np.ascontiguousarray(content), size, interpolation=interpolation)
+    if thumb.ndim == 2:
+        thumb = np.repeat(thumb[..., None], 3, axis=2)
+    top, left = y + (tile - size[1]) // 2, x + (tile - size[0]) // 2
+    canvas[top : top + size[1], left : left + size[0]] = thumb

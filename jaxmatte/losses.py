@@ -1,0 +1,348 @@
+"""Training losses as pure functions on NHWC arrays.
+
+Images are ``(B, H, W, C)`` (usually ``C = 1``): probabilities ``p`` or logits ``z`` against the ground-truth alpha
+``g`` in [0, 1]. Every function casts its inputs to float32 and computes in float32, also when the model runs in
+bfloat16. All functions are jit-friendly (filter kernels are NumPy constants built at trace time) and return scalars,
+so they compose with ``jax.value_and_grad(..., has_aux=True)`` and optax directly. The combined losses return
+``(total, terms)`` where ``terms`` holds the unweighted terms (and ``"total"``) for logging; their weights, ``mode``
+and switches are static Python values.
+
+Filters are cross-correlations with zero padding applied to each channel separately, as ``F.conv2d`` with a
+``(1, 1, k, k)`` kernel per channel. ``|x|`` and clamps have PyTorch's gradients (0 at ``|0|``; 1 strictly inside a
+clamp's bounds, 0 at them), so gradients agree with autograd also at ties.
+
+TwinSwin / TSR (``tsr_twinswin.md`` §5): ``l1``, ``sobel_gradient``, ``ssim``, ``feature_alignment``, ``structure``,
+``matting_loss``, ``twinswin_loss``, ``tsr_loss``. DINOv3 matting (``dinov3_matting.md`` §5): ``charbonnier``,
+``multiscale_gradient``, ``laplacian``, ``dinov3_matting_loss``.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = [
+    "SOBEL_X",
+    "SOBEL_Y",
+    "LAPLACIAN",
+    "charbonnier",
+    "dinov3_matting_loss",
+    "feature_alignment",
+    "gaussian_window",
+    "l1",
+    "laplacian",
+    "matting_loss",
+    "multiscale_gradient",
+    "sobel_gradient",
+    "ssim",
+    "structure",
+    "tsr_loss",
+    "twinswin_loss",
+]
+
+SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+SOBEL_Y = np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]], np.float32)
+LAPLACIAN = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
+
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+STRUCTURE_POOL = 31
+STRUCTURE_LOGIT_CLAMP = 10.0
+REFINED_PROB_CLAMP = 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+
+
+def _f32(x: jax.Array) -> jax.Array:
+    return jnp.asarray(x).astype(jnp.float32)
+
+
+def _pair(pred: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+    pred, target = _f32(pred), _f32(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} != target shape {target.shape}")
+    if pred.ndim != 4:
+        raise ValueError(f"expected NHWC arrays (B, H, W, C), got shape {pred.shape}")
+    return pred, target
+
+
+def _abs(x: jax.Array) -> jax.Array:
+    """|x| whose gradient is sign(x) (0 at 0), as PyTorch's."""
+    return x * lax.stop_gradient(jnp.sign(x))
+
+
+def _clamp(x: jax.Array, low: float, high: float) -> jax.Array:
+    """torch.clamp with scalar bounds: gradient 1 strictly inside (low, high), 0 at the bounds and outside."""
+    return jnp.where(x <= low, low, jnp.where(x >= high, high, x))
+
+
+def _filter(x: jax.Array, kernel: np.ndarray) -> jax.Array:
+    """Per-channel cross-correlation of NHWC ``x`` with a 2-D kernel, zero padding ``k // 2`` on each side."""
+    kernel = np.asarray(kernel, np.float32)
+    kh, kw = kernel.shape
+    channels = x.shape[-1]
+    weights = jnp.asarray(np.broadcast_to(kernel[:, :, None, None], (kh, kw, 1, channels)))
+    return lax.conv_general_dilated(
+        x,
+        weights,
+        window_strides=(1, 1),
+        padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=channels,
+        precision=lax.Precision.HIGHEST,
+    )
+
+
+def _sobel(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return _filter(x, SOBEL_X), _filter(x, SOBEL_Y)
+
+
+def _box_sum(x: jax.Array, size: int) -> jax.Array:
+    """Sum over a ``size x size`` window, stride 1, zero padding ``size // 2`` (separable)."""
+    pad = size // 2
+    x = lax.reduce_window(x, 0.0, lax.add, (1, size, 1, 1), (1, 1, 1, 1), ((0, 0), (pad, pad), (0, 0), (0, 0)))
+    return lax.reduce_window(x, 0.0, lax.add, (1, 1, size, 1), (1, 1, 1, 1), ((0, 0), (0, 0), (pad, pad), (0, 0)))
+
+
+def _avg_pool(x: jax.Array, size: int) -> jax.Array:
+    """``F.avg_pool2d(x, size, size)``: non-overlapping windows, trailing rows/columns dropped."""
+    if size == 1:
+        return x
+    batch, height, width, channels = x.shape
+    out_h, out_w = height // size, width // size
+    x = x[:, : out_h * size, : out_w * size].reshape(batch, out_h, size, out_w, size, channels)
+    return jnp.mean(x, axis=(2, 4))
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """The normalised 1-D Gaussian taps; the SSIM window is their outer product (which also sums to 1)."""
+    offsets = np.arange(size, dtype=np.float64) - size // 2
+    taps = np.exp(-(offsets**2) / (2.0 * sigma**2))
+    return (taps / taps.sum()).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------- TwinSwin / TSR terms
+
+
+def l1(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """mean |p - g|."""
+    pred, target = _pair(pred, target)
+    return jnp.mean(_abs(pred - target))
+
+
+def sobel_gradient(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """mean(|Sx*p - Sx*g| + |Sy*p - Sy*g|), Sobel cross-correlation with zero padding 1."""
+    pred, target = _pair(pred, target)
+    px, py = _sobel(pred)
+    gx, gy = _sobel(target)
+    return jnp.mean(_abs(px - gx) + _abs(py - gy))
+
+
+def ssim(pred: jax.Array, target: jax.Array, *, window_size: int = 11, sigma: float = 1.5) -> jax.Array:
+    """Mean SSIM with a Gaussian window (zero padding ``window_size // 2``), C1 = 0.01², C2 = 0.03².
+
+    The loss term is ``1 - ssim(p, g)``.
+    """
+    pred, target = _pair(pred, target)
+    channels = pred.shape[-1]
+    taps = gaussian_window(window_size, sigma)
+    maps = jnp.concatenate([pred, target, pred * pred, target * target, pred * target], axis=-1)
+    blurred = _filter(_filter(maps, taps[:, None]), taps[None, :])
+    mu_p, mu_g, e_pp, e_gg, e_pg = (blurred[..., i * channels : (i + 1) * channels] for i in range(5))
+    var_p = e_pp - mu_p * mu_p
+    var_g = e_gg - mu_g * mu_g
+    cov = e_pg - mu_p * mu_g
+    numerator = (2.0 * mu_p * mu_g + SSIM_C1) * (2.0 * cov + SSIM_C2)
+    denominator = (mu_p * mu_p + mu_g * mu_g + SSIM_C1) * (var_p + var_g + SSIM_C2)
+    return jnp.mean(numerator / denominator)
+
+
+def feature_alignment(student_feats: Sequence[jax.Array], teacher_feats: Sequence[jax.Array]) -> jax.Array:
+    """Σ over the pairs of mean((s - t)²); the teacher side is not differentiated.
+
+    The pairs are taken in order; TwinSwin/TSR pass ``(d1, d2)`` and ``(p2, p1)``.
+    """
+    student_feats, teacher_feats = list(student_feats), list(teacher_feats)
+    if not student_feats or len(student_feats) != len(teacher_feats):
+        raise ValueError(
+            f"need equally many student and teacher features, got {len(student_feats)} and {len(teacher_feats)}"
+        )
+    total = jnp.zeros((), jnp.float32)
+    for index, (student, teacher) in enumerate(zip(student_feats, teacher_feats, strict=True)):
+        if student.shape != teacher.shape:
+            raise ValueError(f"feature pair {index}: student shape {student.shape} != teacher shape {teacher.shape}")
+        diff = _f32(student) - lax.stop_gradient(_f32(teacher))
+        total = total + jnp.mean(diff * diff)
+    return total
+
+
+def structure(logits: jax.Array, target: jax.Array) -> jax.Array:
+    """LOCATOR structure loss: weighted BCE-with-logits + weighted IoU, mean over the batch.
+
+    weit = 1 + 5 |avgpool31(g) - g| (stride 1, zero padding 15, divided by 31² everywhere); z clamped to ±10;
+    per image (and channel) wBCE = Σ weit·bce(z, g) / Σ weit and wIoU = 1 - (Σ p g weit + 1) / (Σ (p + g) weit -
+    Σ p g weit + 1) with p = sigmoid(z).
+    """
+    logits, target = _pair(logits, target)
+    weit = 1.0 + 5.0 * jnp.abs(_box_sum(target, STRUCTURE_POOL) / STRUCTURE_POOL**2 - target)
+    z = _clamp(logits, -STRUCTURE_LOGIT_CLAMP, STRUCTURE_LOGIT_CLAMP)
+    bce = (1.0 - target) * z + jax.nn.softplus(-z)
+    wbce = jnp.sum(weit * bce, axis=(1, 2)) / jnp.sum(weit, axis=(1, 2))
+    prob = jax.nn.sigmoid(z)
+    inter = jnp.sum(prob * target * weit, axis=(1, 2))
+    union = jnp.sum((prob + target) * weit, axis=(1, 2))
+    wiou = 1.0 - (inter + 1.0) / (union - inter + 1.0)
+    return jnp.mean(wbce + wiou)
+
+
+# ------------------------------------------------------------------------------------------ TwinSwin / TSR totals
+
+
+def matting_loss(
+    prob: jax.Array, target: jax.Array, *, w_l1: float = 1.0, w_grad: float = 1.0, w_ssim: float = 0.5
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """w_l1·L1 + w_grad·Grad + w_ssim·(1 - SSIM) on probabilities; terms ``l1``, ``grad``, ``ssim_loss``, ``total``."""
+    terms = {"l1": l1(prob, target), "grad": sobel_gradient(prob, target), "ssim_loss": 1.0 - ssim(prob, target)}
+    total = w_l1 * terms["l1"] + w_grad * terms["grad"] + w_ssim * terms["ssim_loss"]
+    return total, {**terms, "total": total}
+
+
+def _with_features(total, terms, student_feats, teacher_feats, w_feat):
+    if student_feats is None or teacher_feats is None or w_feat == 0:
+        return total, terms
+    feat = feature_alignment(student_feats, teacher_feats)
+    total = total + w_feat * feat
+    return total, {**terms, "feat": feat, "total": total}
+
+
+def twinswin_loss(
+    logits: jax.Array,
+    target: jax.Array,
+    student_feats: Sequence[jax.Array] | None = None,
+    teacher_feats: Sequence[jax.Array] | None = None,
+    *,
+    mode: Literal["matting", "locator"] = "matting",
+    w_l1: float = 1.0,
+    w_grad: float = 1.0,
+    w_ssim: float = 0.5,
+    w_bce: float = 1.0,
+    w_dice: float = 1.0,
+    w_feat: float = 0.2,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """TwinSwin total from the student logits.
+
+    ``"matting"``: w_l1·L1 + w_grad·Grad + w_ssim·(1 - SSIM) on sigmoid(logits); ``"locator"``:
+    (w_bce + w_dice)·Structure(logits). Plus w_feat·Feat when both feature lists are given and w_feat != 0 (term
+    ``feat``). The sigmoid is taken in float32.
+    """
+    if mode == "matting":
+        total, terms = matting_loss(jax.nn.sigmoid(_f32(logits)), target, w_l1=w_l1, w_grad=w_grad, w_ssim=w_ssim)
+    elif mode == "locator":
+        term = structure(logits, target)
+        total = (w_bce + w_dice) * term
+        terms = {"structure": term, "total": total}
+    else:
+        raise ValueError(f"mode must be 'matting' or 'locator', got {mode!r}")
+    return _with_features(total, terms, student_feats, teacher_feats, w_feat)
+
+
+def tsr_loss(
+    coarse_logits: jax.Array,
+    refined_logits: jax.Array,
+    target: jax.Array,
+    student_feats: Sequence[jax.Array] | None = None,
+    teacher_feats: Sequence[jax.Array] | None = None,
+    *,
+    w_l1: float = 1.0,
+    w_grad: float = 1.0,
+    w_ssim: float = 0.5,
+    w_feat: float = 0.2,
+    clamp_refined: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """TSR-Matte total: coarse + refined matting losses (+ w_feat·Feat).
+
+    ``refined_logits`` is the refiner's pre-sigmoid output z_ref = coarse_prob + Δ (float32); the refined terms use
+    sigmoid(z_ref) directly, with no clamp-and-logit round trip, so they stay finite where the original's fp16
+    inversion overflows. ``clamp_refined=True`` applies clamp(sigmoid(z_ref), 1e-6, 1 - 1e-6), which is the original's
+    round trip done exactly. The refined Grad weight is max(2·w_grad, 1). Terms are prefixed ``coarse/`` and
+    ``refined/``.
+    """
+    coarse_total, coarse_terms = matting_loss(
+        jax.nn.sigmoid(_f32(coarse_logits)), target, w_l1=w_l1, w_grad=w_grad, w_ssim=w_ssim
+    )
+    refined_prob = jax.nn.sigmoid(_f32(refined_logits))
+    if clamp_refined:
+        refined_prob = _clamp(refined_prob, REFINED_PROB_CLAMP, 1.0 - REFINED_PROB_CLAMP)
+    refined_total, refined_terms = matting_loss(
+        refined_prob, target, w_l1=w_l1, w_grad=max(2.0 * w_grad, 1.0), w_ssim=w_ssim
+    )
+    total = coarse_total + refined_total
+    terms = {
+        **{f"coarse/{name}": value for name, value in coarse_terms.items()},
+        **{f"refined/{name}": value for name, value in refined_terms.items()},
+        "total": total,
+    }
+    return _with_features(total, terms, student_feats, teacher_feats, w_feat)
+
+
+# ------------------------------------------------------------------------------------------------- DINOv3 matting
+
+
+def charbonnier(pred: jax.Array, target: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """mean sqrt((p - g)² + eps); ``eps`` is added under the root as is (1e-6 in DINOv3 matting)."""
+    pred, target = _pair(pred, target)
+    diff = pred - target
+    return jnp.mean(jnp.sqrt(diff * diff + eps))
+
+
+def laplacian(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """mean |Lap*p - Lap*g| with the 4-neighbour kernel [[0,-1,0],[-1,4,-1],[0,-1,0]], zero padding 1."""
+    pred, target = _pair(pred, target)
+    return jnp.mean(_abs(_filter(pred, LAPLACIAN) - _filter(target, LAPLACIAN)))
+
+
+def multiscale_gradient(
+    pred: jax.Array, target: jax.Array, *, scales: Sequence[int] = (1, 2, 4), eps: float = 1e-8
+) -> jax.Array:
+    """Edge-weighted Sobel-magnitude loss averaged over scales.
+
+    At scale s: p_s, g_s = avg_pool(s, stride s); G(x) = sqrt((Sx*x)² + (Sy*x)² + eps); w = exp(G(g_s));
+    L_s = mean |G(p_s)·w - G(g_s)·w|. Result: mean over the scales of L_s / s.
+    """
+    pred, target = _pair(pred, target)
+
+    def magnitude(x):
+        gx, gy = _sobel(x)
+        return jnp.sqrt(gx * gx + gy * gy + eps)
+
+    total = jnp.zeros((), jnp.float32)
+    for scale in scales:
+        grad_p = magnitude(_avg_pool(pred, scale))
+        grad_g = magnitude(_avg_pool(target, scale))
+        weight = jnp.exp(grad_g)
+        total = total + jnp.mean(_abs(grad_p * weight - grad_g * weight)) / scale
+    return total / len(scales)
+
+
+def dinov3_matting_loss(
+    prob: jax.Array,
+    target: jax.Array,
+    *,
+    w_charbonnier: float = 1.0,
+    w_gradient: float = 0.5,
+    w_laplacian: float = 0.1,
+    use_charbonnier: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """DINOv3 matting total on probabilities (boundary and composition terms are off in that recipe and omitted).
+
+    Terms ``charbonnier`` (or ``l1`` with ``use_charbonnier=False``), ``gradient``, ``laplacian``, ``total``.
+    """
+    pixel_name = "charbonnier" if use_charbonnier else "l1"
+    pixel = charbonnier(prob, target) if use_charbonnier else l1(prob, target)
+    terms = {pixel_name: pixel, "gradient": multiscale_gradient(prob, target), "laplacian": laplacian(prob, target)}
+    total = w_charbonnier * pixel + w_gradient * terms["gradient"] + w_laplacian * terms["laplacian"]
+    return total, {**terms, "total": total}
