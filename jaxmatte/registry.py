@@ -14,6 +14,7 @@ _FAMILY_MODULES = (
     "jaxmatte.backbones.swin",
     "jaxmatte.backbones.vit",
     "jaxmatte.backbones.dinov3",
+    "jaxmatte.models.tsr.modeling",
 )
 
 

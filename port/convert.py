@@ -26,6 +26,8 @@ KINDS = {
     "swin": ("port.swin", "timm Swin v1 (plain or features_only `layers_N` keys, Microsoft layout rejected)"),
     "vit": ("port.vit", "MAE / plain ViT (timm or official MAE layout), optional SimpleClick windows"),
     "dinov3": ("port.dinov3", "DINOv3 ViT (timm `Eva` or official Meta layout)"),
+    "tsr": ("port.tsr", "TSR-Matte student + refiner (release fp16, training checkpoint or state dict)"),
+    "twinswin": ("port.tsr", "TwinSwin-Matte student only (TwinSwin or TSR checkpoints; a refiner is dropped)"),
 }
 
 

@@ -57,6 +57,10 @@ RESIZE_CASES = [
     (2, 4, (13, 17), (26, 34)),
     (2, 3, (13, 17), (13, 40)),
     (1, 5, (9, 23), (23, 9)),
+    # large downscales where PyTorch's two roundings of the source coordinate matter
+    (1, 3, (1024, 768), (896, 896)),
+    (1, 1, (300, 500), (1152, 1152)),
+    (1, 1, (1536, 1536), (1000, 1000)),
 ]
 RESIZE_IDS = [f"{c[2][0]}x{c[2][1]}->{c[3][0]}x{c[3][1]}" for c in RESIZE_CASES]
 

@@ -55,9 +55,9 @@ def _axis_taps(
     if align_corners:
         source = scale * dst
     else:
-        # scale * (dst + 0.5) - 0.5 rounded once (an FMA), as most PyTorch kernels do; some CPU paths round twice.
-        exact = np.float64(scale) * (dst.astype(np.float64) + 0.5) - 0.5
-        source = np.maximum(exact, 0.0).astype(opmath)
+        # PyTorch rounds twice: float(scale * (dst + 0.5)) - 0.5.
+        scaled = (scale * (dst + opmath(0.5))).astype(opmath)
+        source = np.maximum(scaled - opmath(0.5), opmath(0))
     low = np.minimum(np.floor(source).astype(np.int64), last)
     high_weight = np.clip(source - low.astype(opmath), opmath(0), opmath(1)).astype(opmath)
     high = low + (low < last)

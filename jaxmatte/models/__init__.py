@@ -1,0 +1,1 @@
+"""Complete matting models (backbone + decoder + heads), registered as model families."""
