@@ -7,15 +7,29 @@ unreadable files are listed, not fatal. Prints a table (maxFm, wFmeasure, MAE, S
 adpEm, adpFm, then SAD, MSE, Grad, Conn when trimaps are given or the GT is soft). `--json` writes (or adds to) one
 object per dataset; a per-image CSV and a PNG grid of the worst images go next to it (or into `--out-dir`).
 Exit status: 0 when at least one image was evaluated, 2 otherwise or on bad arguments.
+
+Model mode: run a saved model over DIS-layout test sets (`ROOT/im`, `ROOT/gt`) and score it at the GT's resolution:
+
+    python evaluate.py --checkpoint DIR --data ROOT [--data ROOT ...] [--config configs/tsr.py] [--json out.json]
+        [--out-dir D] [--save-preds P] [--batch-size N] [--precision fp32|bf16]
+        [--resize stretch|letterbox] [--input-size S] [--quantization round|truncate]
+
+`--checkpoint`: converted directory or training workdir (best/, else last/). Geometry: `--resize/--input-size`, else
+the `--config` file's `config.data` (`policy`, `size`), else what the checkpoint records. One JSON object
+per dataset (named after ROOT), with a "prediction" entry naming checkpoint, geometry, quantisation and precision.
+`--save-preds P` writes `P/<dataset>/<stem>.png`. Exit status 0 when every dataset had an evaluated image.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from jaxmatte.evaluation import (
     HCE_BINARIZE_RULES,
@@ -53,10 +67,11 @@ def non_negative_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Evaluate saved predictions against ground truth (files matched by stem)."
+        description="Evaluate saved predictions against ground truth (files matched by stem), or run a saved model "
+        "over DIS-layout test sets (--checkpoint, --data)."
     )
-    parser.add_argument("--pred-dir", type=Path, required=True, help="folder of predicted masks / alpha mattes")
-    parser.add_argument("--gt-dir", type=Path, required=True, help="folder of ground-truth masks / alpha mattes")
+    parser.add_argument("--pred-dir", type=Path, help="folder of predicted masks / alpha mattes")
+    parser.add_argument("--gt-dir", type=Path, help="folder of ground-truth masks / alpha mattes")
     parser.add_argument(
         "--trimap-dir", type=Path, help="trimaps (unknown = 128): matting metrics on the unknown region"
     )
@@ -94,6 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="matting metrics; auto (default): when trimaps are given or the GT is soft",
     )
+    model = parser.add_argument_group("model mode (instead of --pred-dir / --gt-dir)")
+    model.add_argument("--checkpoint", type=Path, help="converted directory or training workdir (best/, else last/)")
+    model.add_argument(
+        "--data", type=Path, action="append", default=[], help="DIS-layout root with im/ and gt/ (repeatable)"
+    )
+    model.add_argument(
+        "--config", type=Path, help="experiment config file[:variant]; its config.data sets the geometry"
+    )
+    model.add_argument("--save-preds", type=Path, help="also write the predicted alpha PNGs to DIR/<dataset>/")
+    model.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default: 1)")
+    model.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="compute precision")
+    model.add_argument("--resize", choices=("stretch", "letterbox"), help="geometry override")
+    model.add_argument("--input-size", type=positive_int, help="input side override")
+    model.add_argument("--quantization", choices=("round", "truncate"), help="x255 quantisation override")
+    model.add_argument(
+        "--chunk-size", type=positive_int, default=32, help="images scored per chunk (memory bound; default: 32)"
+    )
     return parser
 
 
@@ -117,7 +149,17 @@ def print_problems(problems: Sequence[Problem]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.checkpoint is not None or args.data:
+        given = [flag for flag in ("pred_dir", "gt_dir", "trimap_dir", "image_dir") if getattr(args, flag) is not None]
+        if given:
+            parser.error(f"--checkpoint/--data cannot be combined with --{given[0].replace('_', '-')}")
+        if args.checkpoint is None or not args.data:
+            parser.error("model mode needs both --checkpoint and at least one --data")
+        return run_model_mode(args)
+    if args.pred_dir is None or args.gt_dir is None:
+        parser.error("give --pred-dir and --gt-dir (saved predictions), or --checkpoint and --data (run a model)")
     for label, folder in (
         ("--pred-dir", args.pred_dir),
         ("--gt-dir", args.gt_dir),
@@ -157,6 +199,138 @@ def main(argv: Sequence[str] | None = None) -> int:
         written.append(write_worst_grid(png_path, items))
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------- model mode
+
+
+def geometry_from_config(path: Path) -> tuple[str | None, int | None]:
+    """(resize policy, input side) from an experiment config file's `config.data`; None where it has none.
+
+    `path` is `file.py` or `file.py:variant` (passed to `get_config`). The file defines `get_config()`
+    (ml_collections style) or a module-level `config`; `config.data` may hold the policy as `policy` or
+    `resize_policy` (a kind or a `ResizePolicy`) and the side as `size` (S or [S, S]; also `input_size`,
+    `image_size`, `img_size`).
+    """
+    text, variant = str(path), None
+    if not Path(text).is_file() and ":" in text:
+        text, variant = text.rsplit(":", 1)
+    if not Path(text).is_file():
+        raise ValueError(f"{text}: config file not found")
+    spec = importlib.util.spec_from_file_location(f"evaluate_config_{Path(text).stem}", text)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{text}: cannot load it as a Python config file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if hasattr(module, "get_config"):
+        config = module.get_config(variant) if variant else module.get_config()
+    else:
+        config = getattr(module, "config", None)
+    data = _field(config, "data")
+    if data is None:
+        return None, None
+    kinds = [_field(data, key) for key in ("resize_policy", "policy")]
+    kind = next((value for value in kinds if value is not None), None)
+    sizes = [_field(data, key) for key in ("input_size", "size", "image_size", "img_size")]
+    size = next((value for value in sizes if value is not None), None)
+    if kind is not None and not isinstance(kind, str):  # a ResizePolicy
+        kind, size = kind.kind, size or kind.size
+    from jaxmatte.predict import square_size
+
+    return kind, square_size(size) if size is not None else None
+
+
+def _field(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    try:
+        return getattr(obj, key, None)
+    except (AttributeError, KeyError):
+        return None
+
+
+def run_model_mode(args: argparse.Namespace) -> int:
+    names = [root.resolve().name for root in args.data]
+    for root in args.data:
+        if not root.is_dir():
+            print(f"error: --data {root} is not a folder", file=sys.stderr)
+            return 2
+    if len(set(names)) != len(names):
+        print(f"error: --data folders must have distinct names, got {names}", file=sys.stderr)
+        return 2
+    if len(names) > 1 and (args.csv or args.worst_png):
+        print("error: --csv / --worst-png name one file; with several --data use --out-dir or --json", file=sys.stderr)
+        return 2
+    json_path = args.json or (args.out_dir / "metrics.json" if args.out_dir else None)
+    try:
+        if json_path is not None and json_path.exists():
+            read_json_object(json_path)  # fail before the work, not after it
+        kind, size = geometry_from_config(args.config) if args.config else (None, None)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from jaxmatte.predict import Predictor, evaluate_folder, precision_dtype  # JAX starts here
+
+    try:
+        predictor = Predictor(
+            args.checkpoint,
+            dtype=precision_dtype(args.precision),
+            batch_size=args.batch_size,
+            resize_policy=args.resize or kind,
+            input_size=args.input_size or size,
+            quantization=args.quantization,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    description = {**predictor.describe(), "precision": args.precision}
+    pre = predictor.preprocessing
+    print(f"{predictor.directory}: {pre.policy.kind} {pre.policy.size}, {pre.quantization}, {args.precision}")
+
+    reports = []
+    for root, name in zip(args.data, names, strict=True):
+        try:
+            report, worst = evaluate_folder(
+                predictor,
+                root,
+                name=name,
+                hce_binarize=args.hce_binarize,
+                matting=args.matting,
+                chunk_size=args.chunk_size,
+                save_dir=args.save_preds / name if args.save_preds else None,
+                worst=args.worst,
+                progress=True,
+            )
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        reports.append(report)
+        print(format_table([report]))
+        print_problems(report.skipped)
+        _, csv_path, png_path = output_paths(args, name)
+        written = []
+        if json_path is not None:
+            data = read_json_object(json_path) if json_path.exists() else {}
+            data[name] = {**report.as_json(), "prediction": description}
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+            written.append(json_path)
+        if csv_path is not None:
+            written.append(write_csv(csv_path, report))
+        if png_path is not None and worst:
+            written.append(write_worst_grid(png_path, worst))
+        for path in written:
+            print(f"wrote {path}")
+    if len(reports) > 1:
+        print(format_table(reports))
+    empty = [report.name for report in reports if report.images == 0]
+    if empty:
+        print(f"error: no image was evaluated in {', '.join(empty)}", file=sys.stderr)
+        return 2
     return 0
 
 

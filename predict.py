@@ -1,0 +1,193 @@
+"""Predict alpha mattes with a saved model.
+
+    python predict.py INPUT [INPUT ...] --checkpoint DIR --output OUT [--format alpha,rgba,composite]
+        [--background R,G,B] [--precision fp32|bf16] [--batch-size N] [--recursive]
+        [--resize stretch|letterbox] [--input-size S] [--quantization round|truncate]
+
+INPUT: an image file, a folder (its images; with `--recursive` also those in subfolders, whose relative paths are kept
+under OUT), or a glob pattern (quote it). `--checkpoint`: a converted directory (`port/convert.py`) or a training
+workdir (its best/, else last/ checkpoint). The geometry and quantisation recorded in the checkpoint are used unless
+overridden. Outputs per image: `<stem>.png` (alpha), `<stem>_rgba.png` (the image with the alpha as its alpha
+channel), `<stem>_composite.png` (the image over `--background`), each at the image's original size.
+Unreadable files are reported and skipped. Exit status: 0 when at least one image was written, 2 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from jaxmatte.data.io import IMAGE_SUFFIXES, ImageReadError, list_images, write_png
+
+FORMATS = ("alpha", "rgba", "composite")
+SUFFIXES = {"alpha": "", "rgba": "_rgba", "composite": "_composite"}
+SHOWN_PROBLEMS = 50
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def formats(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [name for name in chosen if name not in FORMATS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"formats are a comma-separated subset of {', '.join(FORMATS)}; got {text!r}")
+    return chosen
+
+
+def colour(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    try:
+        values = tuple(int(part) for part in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 <= value <= 255 for value in values):
+        raise argparse.ArgumentTypeError(f"expected R,G,B with values 0..255, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Predict alpha mattes with a saved model.")
+    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="converted directory or training workdir")
+    parser.add_argument("--output", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--format",
+        type=formats,
+        default=("alpha",),
+        help="comma-separated outputs: alpha, rgba, composite (default: alpha)",
+    )
+    parser.add_argument(
+        "--background", type=colour, default=(255, 255, 255), help="composite background R,G,B (default: 255,255,255)"
+    )
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="compute precision")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default: 1)")
+    parser.add_argument("--recursive", action="store_true", help="also read the subfolders of folder inputs")
+    parser.add_argument("--resize", choices=("stretch", "letterbox"), help="override the checkpoint's geometry")
+    parser.add_argument("--input-size", type=positive_int, help="override the checkpoint's input side")
+    parser.add_argument(
+        "--quantization", choices=("round", "truncate"), help="override the checkpoint's x255 quantisation"
+    )
+    return parser
+
+
+def collect_inputs(inputs: Sequence[str], recursive: bool) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """((file, output path without suffix, relative to the output folder) in order, problems).
+
+    Folder inputs keep their images' relative subfolders; files and glob matches are written flat. A file whose
+    output name is already taken by an earlier input is reported, not predicted.
+    """
+    found: list[tuple[Path, Path]] = []
+    problems: list[str] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            files = list_images(path, recursive=recursive)
+            if not files:
+                problems.append(f"{path}: no images in this folder")
+            found.extend((file, file.relative_to(path).with_suffix("")) for file in files)
+        elif path.is_file():
+            found.append((path, Path(path.stem)))
+        else:
+            matches = sorted(Path(match) for match in glob.glob(text, recursive=recursive))
+            files = [match for match in matches if match.is_file() and match.suffix.lower() in IMAGE_SUFFIXES]
+            if not files:
+                problems.append(f"{text}: no such file or folder, and no image matches it as a pattern")
+            found.extend((file, Path(file.stem)) for file in files)
+    unique: list[tuple[Path, Path]] = []
+    taken: dict[Path, Path] = {}
+    for file, stem in found:
+        if stem in taken:
+            if taken[stem].resolve() != file.resolve():
+                problems.append(f"{file}: skipped, its output name {stem}.png is already used by {taken[stem]}")
+            continue
+        taken[stem] = file
+        unique.append((file, stem))
+    return unique, problems
+
+
+def composite(image: np.ndarray, alpha: np.ndarray, background: Sequence[int]) -> np.ndarray:
+    """uint8 RGB: image x a + background x (1 - a), a = alpha / 255, rounded."""
+    weight = alpha.astype(np.float32)[..., None] / np.float32(255.0)
+    back = np.asarray(background, dtype=np.float32)
+    blended = image.astype(np.float32) * weight + back * (np.float32(1.0) - weight)
+    return np.clip(np.floor(blended + 0.5), 0, 255).astype(np.uint8)
+
+
+def write_outputs(
+    folder: Path, stem: Path, alpha: np.ndarray, image: np.ndarray, chosen: Sequence[str], background: Sequence[int]
+) -> list[Path]:
+    written = []
+    for name in chosen:
+        target = folder / stem.parent / f"{stem.name}{SUFFIXES[name]}.png"
+        if name == "alpha":
+            data = alpha
+        elif name == "rgba":
+            data = np.concatenate([image, alpha[..., None]], axis=2)
+        else:
+            data = composite(image, alpha, background)
+        written.append(write_png(target, data))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    items, problems = collect_inputs(args.inputs, args.recursive)
+    if not items:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("error: no input images", file=sys.stderr)
+        return 2
+
+    from jaxmatte.predict import Predictor, precision_dtype  # JAX starts here, after the arguments are checked
+
+    try:
+        predictor = Predictor(
+            args.checkpoint,
+            dtype=precision_dtype(args.precision),
+            batch_size=args.batch_size,
+            resize_policy=args.resize,
+            input_size=args.input_size,
+            quantization=args.quantization,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pre = predictor.preprocessing
+    print(
+        f"{predictor.directory} ({predictor.family}): {pre.policy.kind} {pre.policy.size}x{pre.policy.size}, "
+        f"{pre.quantization}, {args.precision}, batch {args.batch_size}; {len(items)} images -> {args.output}"
+    )
+
+    stems = {file: stem for file, stem in items}
+    written = 0
+    results = predictor.predict_files([file for file, _ in items], with_images=True)
+    for path, alpha, image in tqdm(results, total=len(items), desc="predicting", unit="img", file=sys.stderr):
+        if isinstance(alpha, ImageReadError):
+            problems.append(f"{path}: {alpha.problem}")
+            continue
+        write_outputs(args.output, stems[path], alpha, image, args.format, args.background)
+        written += 1
+
+    print(f"wrote {written} of {len(items)} images to {args.output}")
+    if problems:
+        print(f"skipped ({len(problems)}):", file=sys.stderr)
+        for problem in problems[:SHOWN_PROBLEMS]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(problems) > SHOWN_PROBLEMS:
+            print(f"  ... and {len(problems) - SHOWN_PROBLEMS} more", file=sys.stderr)
+    return 0 if written else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
