@@ -1,0 +1,181 @@
+"""Run logs: a tqdm progress bar, CSV files, a loss-curve PNG, sample grids, TensorBoard when tensorboardX exists.
+
+Files in the workdir: ``train.csv`` (step, epoch, lr, images/s, loss terms), ``val.csv`` (step, epoch, metrics),
+``loss.png`` (training loss and validation metric against the step), ``samples/step_<n>.png`` (rows of image | ground
+truth | prediction).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from jaxmatte.data.io import write_png
+
+
+class RunLog:
+    """Progress and metric logging of one training run (appends when resuming)."""
+
+    def __init__(self, workdir: str | Path, *, total_steps: int, start_step: int, progress: bool = True):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.total_steps = total_steps
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        self.board = None
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.board = SummaryWriter(str(self.workdir / "tensorboard"))
+        except ImportError:
+            pass
+        self._start = time.perf_counter()
+        self._last_time = self._start
+        self._last_step = start_step
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        path = self.workdir / name
+        fields = list(row)
+        if path.exists():
+            with path.open() as handle:
+                header = next(csv.reader(handle), None)
+            if header:
+                fields = header + [key for key in row if key not in header]
+                if fields != header:  # new columns: rewrite with the wider header
+                    rows = list(csv.DictReader(path.open()))
+                    with path.open("w", newline="") as handle:
+                        writer = csv.DictWriter(handle, fieldnames=fields)
+                        writer.writeheader()
+                        writer.writerows(rows)
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def train(self, step: int, epoch: int, lr: float, batch_size: int, terms: dict[str, float]) -> None:
+        """Log training terms at `step` (the number of micro-batches done)."""
+        now = time.perf_counter()
+        rate = (step - self._last_step) * batch_size / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        row = {"step": step, "epoch": epoch, "lr": lr, "images_per_s": round(rate, 3), **terms}
+        self._append("train.csv", row)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{terms.get('total', math.nan):.4f}", img_s=f"{rate:.1f}", refresh=False)
+        if self.board is not None:
+            for key, value in terms.items():
+                self.board.add_scalar(f"train/{key}", value, step)
+            self.board.add_scalar("train/lr", lr, step)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def validation(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        self._append("val.csv", {"step": step, "epoch": epoch, **metrics})
+        if self.board is not None:
+            for key, value in metrics.items():
+                self.board.add_scalar(f"val/{key}", value, step)
+        self.message(f"step {step} (epoch {epoch}) val " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def plot(self, metric: str) -> Path | None:
+        """``loss.png`` from the CSV files: training loss (left) and validation `metric` (right)."""
+        return plot_curves(self.workdir, metric)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _panel(title: str, xs: Sequence[float], ys: Sequence[float], size=(480, 360)) -> np.ndarray:
+    """A white BGR panel with a polyline of (xs, ys), axis ranges printed."""
+    width, height = size
+    panel = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 60, 15, 30, 35
+    cv2.rectangle(panel, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
+    cv2.putText(panel, title, (left, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    points = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)]
+    if not points:
+        return panel
+    x = np.array([p[0] for p in points], np.float64)
+    y = np.array([p[1] for p in points], np.float64)
+    x0, x1 = float(x.min()), float(max(x.max(), x.min() + 1))
+    y0, y1 = float(y.min()), float(y.max())
+    if y1 - y0 < 1e-12:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    px = left + (x - x0) / (x1 - x0) * (width - left - right)
+    py = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+    line = np.stack([px, py], axis=1).round().astype(np.int32)
+    cv2.polylines(panel, [line], False, (200, 80, 0), 2, cv2.LINE_AA)
+    if len(line) < 20:
+        for point in line:
+            cv2.circle(panel, (int(point[0]), int(point[1])), 3, (200, 80, 0), -1, cv2.LINE_AA)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for value, row in ((y1, top + 10), (y0, height - bottom)):
+        cv2.putText(panel, f"{value:.3g}", (5, row), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for value, col in ((x0, left), (x1, width - right - 40)):
+        cv2.putText(panel, f"{value:.0f}", (col, height - 15), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return panel
+
+
+def plot_curves(workdir: str | Path, metric: str) -> Path | None:
+    workdir = Path(workdir)
+    train_rows, val_rows = read_csv(workdir / "train.csv"), read_csv(workdir / "val.csv")
+    if not train_rows and not val_rows:
+        return None
+
+    def series(rows, key):
+        pairs = [(float(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    left = _panel("train loss (total)", *series(train_rows, "total"))
+    right = _panel(f"val {metric}", *series(val_rows, metric))
+    image = np.concatenate([left, right], axis=1)
+    return write_png(workdir / "loss.png", np.ascontiguousarray(image[..., ::-1]))
+
+
+def sample_grid(
+    path: str | Path, images: Sequence[np.ndarray], gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]
+) -> Path:
+    """PNG with one row per sample: RGB image | ground truth | prediction (uint8, resized to a 192 px row)."""
+    rows = []
+    row_height = 192
+    for image, gt, pred in zip(images, gts, preds, strict=True):
+        scale = row_height / image.shape[0]
+        width = max(1, round(image.shape[1] * scale))
+
+        def fit(array, interpolation=cv2.INTER_LINEAR, width=width):
+            resized = cv2.resize(array, (width, row_height), interpolation=interpolation)
+            return np.repeat(resized[..., None], 3, axis=2) if resized.ndim == 2 else resized
+
+        gap = np.full((row_height, 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([fit(image), gap, fit(gt), gap, fit(pred)], axis=1))
+    width = max(row.shape[1] for row in rows)
+    padded = [np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
+    return write_png(path, np.concatenate(padded, axis=0))
