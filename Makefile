@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo port-demo test lint bench
 
 setup: $(STAMP)
 
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python train.py --config configs/tsr.py:demo
+
+port-demo: $(STAMP)
 	$(BIN)/python port/demo.py
 
 test: $(STAMP)
@@ -26,3 +29,4 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/backbones.py
+	$(BIN)/python bench/metrics.py

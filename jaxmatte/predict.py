@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxmatte import pretrained
 from jaxmatte.data.io import ImageReadError, read_image
 from jaxmatte.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Placement, ResizePolicy, to_uint8
 from jaxmatte.pretrained import CONFIG_FILE, load_pretrained, read_config
@@ -131,12 +132,12 @@ def quantize(probability: np.ndarray, mode: Quantization) -> np.ndarray:
 
 
 def resolve_checkpoint(directory: str | os.PathLike) -> Path:
-    """The model directory: `directory` itself when it holds a config, else its `best/`, else its `last/`."""
+    """The model directory: `directory` itself when it holds a saved model, else its `best/`, else its `last/`."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: checkpoint directory not found")
     for candidate in (directory, *(directory / name for name in WORKDIR_CHECKPOINTS)):
-        if (candidate / CONFIG_FILE).is_file():
+        if pretrained.is_model_dir(candidate):
             return candidate
     raise FileNotFoundError(
         f"{directory}: no model here; expected a directory with {CONFIG_FILE} (written by port/convert.py or "

@@ -110,6 +110,12 @@ def save_pretrained(
     return directory
 
 
+def is_model_dir(directory: str | Path) -> bool:
+    """Whether `directory` was written by `save_pretrained` / `port/convert.py` (config.json beside params/)."""
+    directory = Path(directory)
+    return (directory / CONFIG_FILE).is_file() and (directory / PARAMS_DIR).is_dir()
+
+
 def read_config(directory: str | Path) -> tuple[str, Any, dict[str, Any]]:
     """(family, config, info) of a converted directory."""
     path = Path(directory) / CONFIG_FILE

@@ -201,6 +201,8 @@ def test_letterbox_pipeline_and_workdir(checkpoints, inputs, tmp_path):
     for item in (checkpoints["workdir"] / "best").iterdir():
         (only_last / "last" / item.name).symlink_to(item)
     assert resolve_checkpoint(only_last) == only_last / "last"
+    (only_last / "config.json").write_text('{"model": {}, "optim": {}}')  # a training workdir's own config
+    assert resolve_checkpoint(only_last) == only_last / "last"
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="best/config.json or last/config.json"):
         resolve_checkpoint(tmp_path / "empty")
