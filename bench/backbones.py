@@ -8,8 +8,6 @@ Reports median latency and the JAX/torch ratio. On a GPU, bf16 rows (JAX bf16 co
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -17,6 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import cpu_name  # noqa: E402
 
 
 def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
@@ -34,17 +34,7 @@ def machine_name() -> str:
     import jax
 
     device = jax.devices()[0]
-    if device.platform == "gpu":
-        return device.device_kind
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    return device.device_kind if device.platform == "gpu" else cpu_name()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,19 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import cpu_name  # noqa: E402
+
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "alphamatting_training_lowres"
-
-
-def machine_name() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def soft_prediction(rng: np.random.Generator, target: np.ndarray) -> np.ndarray:
@@ -131,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = timings[0][2]
     lines = [
         f"DIS metric set ({', '.join(DIS_KEYS)}) on {len(pairs)} {source} images ({size_note}).",
-        f"Machine: {machine_name()}; Python {platform.python_version()}, NumPy {np.__version__}, "
-        f"OpenCV {cv2.__version__}.",
+        f"Machine: {cpu_name()}; Python {platform.python_version()}, NumPy {np.__version__}, OpenCV {cv2.__version__}.",
         "",
         "| implementation | processes | seconds | images/s | speed-up |",
         "|---|---:|---:|---:|---:|",
