@@ -29,12 +29,22 @@ def read_checkpoint(path: str | Path) -> Any:
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear message
         raise CheckpointError(
             f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(err).__name__}: {err})"
         ) from err
     return _to_numpy(obj)
+
+
+def _numpy_data_globals() -> list[Any]:
+    """NumPy reconstructors that carry data only (scalars, arrays, dtypes), allowed in weights-only loading: training
+    checkpoints often keep NumPy numbers in their metadata (`history`, `best_sad`)."""
+    from numpy._core.multiarray import _reconstruct, scalar
+
+    dtypes = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+    return [scalar, _reconstruct, np.ndarray, np.dtype, *(type(np.dtype(name)) for name in dtypes)]
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:

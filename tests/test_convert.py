@@ -35,6 +35,15 @@ def test_pickled_code_is_refused_and_not_executed(tmp_path):
     assert not marker.exists()
 
 
+def test_numpy_metadata_loads_weights_only(tmp_path):
+    path = tmp_path / "last_model.pth"
+    history = [{"epoch": 0, "sad": np.float64(31.4), "mae": np.float32(0.1)}]
+    torch.save({"state_dict": {"w": torch.ones(2)}, "history": history, "best_sad": np.array(3.5)}, path)
+    checkpoint = load.read_checkpoint(path)
+    assert checkpoint["history"][0]["sad"] == pytest.approx(31.4) and float(checkpoint["best_sad"]) == 3.5
+    np.testing.assert_array_equal(load.unwrap_state_dict(checkpoint)["w"], np.ones(2, np.float32))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_half_precision_tensors_are_upcast(tmp_path, dtype, suffix):
