@@ -118,17 +118,10 @@ def parse_quantization(text: str) -> Quantization:
 
 
 def quantize(probability: np.ndarray, mode: Quantization) -> np.ndarray:
-    """uint8 alpha from a float map in [0, 1].
-
-    ``truncate`` reproduces the original scripts bit for bit: ``(p * 255).astype(uint8)`` with a float32 product
-    (values clipped to [0, 1] first, NaN -> 0). ``round``: `to_uint8(p, "round")`.
-    """
-    if mode == "round":
-        return to_uint8(probability, "round")
-    if mode != "truncate":
+    """uint8 alpha from a float map in [0, 1] (`to_uint8`: ``truncate`` is the original scripts' float32 product)."""
+    if mode not in ("round", "truncate"):
         raise ValueError(f"quantization must be 'round' or 'truncate', got {mode!r}")
-    values = np.clip(np.nan_to_num(np.asarray(probability, dtype=np.float32), nan=0.0), 0.0, 1.0)
-    return (values * np.float32(255.0)).astype(np.uint8)
+    return to_uint8(probability, mode)
 
 
 def resolve_checkpoint(directory: str | os.PathLike) -> Path:

@@ -129,13 +129,16 @@ def denormalize(image: np.ndarray) -> np.ndarray:
 
 
 def to_uint8(probability: np.ndarray, mode: Literal["round", "truncate"] = "round") -> np.ndarray:
-    """uint8 from a probability map: values clipped to [0, 1] (NaN -> 0), x255, then rounded or truncated."""
-    values = np.nan_to_num(np.asarray(probability, dtype=np.float64), nan=0.0)
-    values = np.clip(values, 0.0, 1.0) * 255.0
-    if mode == "round":
-        return np.floor(values + 0.5).astype(np.uint8)
+    """uint8 from a probability map: values clipped to [0, 1] (NaN -> 0), x255, then rounded or truncated.
+
+    ``truncate`` is the original scripts' ``(p * 255).astype(uint8)`` bit for bit (a float32 product).
+    """
     if mode == "truncate":
-        return values.astype(np.uint8)
+        values = np.clip(np.nan_to_num(np.asarray(probability, dtype=np.float32), nan=0.0), 0.0, 1.0)
+        return (values * np.float32(255.0)).astype(np.uint8)
+    if mode == "round":
+        values = np.clip(np.nan_to_num(np.asarray(probability, dtype=np.float64), nan=0.0), 0.0, 1.0) * 255.0
+        return np.floor(values + 0.5).astype(np.uint8)
     raise ValueError(f"to_uint8 mode must be 'round' or 'truncate', got {mode!r}")
 
 
