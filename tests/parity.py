@@ -8,7 +8,7 @@ import numpy as np
 
 from port.reference import perturb_
 
-__all__ = ["assert_close", "nchw_to_nhwc", "perturb_", "save_safetensors"]
+__all__ = ["assert_close", "nchw_to_nhwc", "perturb_", "save_safetensors", "timed"]
 
 ATOL = 1e-4
 REL = 1e-5
@@ -37,3 +37,15 @@ def assert_close(ours, ref, *, atol: float = ATOL, rel: float = REL, name: str =
     assert diff <= atol, f"{name}: max|diff| {diff:.3g} > {atol:g} (max|ref| {scale:.3g})"
     assert diff <= rel * max(scale, 1e-12), f"{name}: relative {diff / scale:.3g} > {rel:g}"
     return diff
+
+
+def timed(label: str, fn, *args):
+    """`fn(*args)` (blocked until ready), printing its wall time under `label`."""
+    import time
+
+    import jax
+
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    print(f"{label}: {time.perf_counter() - start:.2f}s")
+    return out

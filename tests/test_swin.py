@@ -6,14 +6,13 @@ import dataclasses
 import json
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import timm
 import torch
 from flax import nnx
-from parity import assert_close, nchw_to_nhwc, perturb_, save_safetensors
+from parity import assert_close, nchw_to_nhwc, perturb_, save_safetensors, timed
 
 import jaxmatte
 from jaxmatte import pretrained, registry
@@ -24,21 +23,6 @@ from port.table import PortError
 
 SMALL = {"depths": (1, 1, 2, 1), "embed_dim": 32, "num_heads": (1, 2, 4, 8)}
 SMALL_CONFIG = swin.SwinConfig(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=7)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _torch_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _timed(label, fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    print(f"{label}: {time.perf_counter() - start:.2f}s")
-    return out
 
 
 def _timm_swin(name: str, seed: int, **kwargs) -> torch.nn.Module:
@@ -93,7 +77,7 @@ def base7_896(tmp_path_factory):
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, src)
     del model
     ours = _convert(tmp, src, "--preset", "swin_base_patch4_window7_224")
-    out = _timed("jax swin-B/7 896 (jit + run)", swin.forward, ours, jnp.asarray(nchw_to_nhwc(x)))
+    out = timed("jax swin-B/7 896 (jit + run)", swin.forward, ours, jnp.asarray(nchw_to_nhwc(x)))
     return {"dir": tmp / "converted", "ref": ref, "out": [np.asarray(o) for o in out]}
 
 
@@ -119,7 +103,7 @@ def base12_896(tmp_path_factory):
     src = save_safetensors(model, tmp / "swin_base12.safetensors")
     del model
     ours = _convert(tmp, src)
-    out = _timed("jax swin-B/12 896 (jit + run)", swin.forward, ours, jnp.asarray(nchw_to_nhwc(x)))
+    out = timed("jax swin-B/12 896 (jit + run)", swin.forward, ours, jnp.asarray(nchw_to_nhwc(x)))
     return {"dir": tmp / "converted", "ref": ref, "out": [np.asarray(o) for o in out]}
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 import tsr_reference as R
 from flax import nnx
-from parity import assert_close, nchw_to_nhwc, perturb_
+from parity import assert_close, nchw_to_nhwc, perturb_, timed
 
 import jaxmatte
 from jaxmatte import pretrained, registry
@@ -38,21 +38,6 @@ TEACHER_DIMS = (32, 64, 128, 256)  # the original's embed_dim * (1, 2, 4, 8) wit
 META = {"model_type": "base", "img_size": 256, "sad_score": 31.4, "description": "synthetic release"}
 LOGIT_STD = 1.0
 OUTPUTS = ("alpha", "refined_logits", "coarse_alpha", "coarse_logits", "d1", "d2")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _torch_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _timed(label, fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    print(f"{label}: {time.perf_counter() - start:.2f}s")
-    return out
 
 
 def _small_student() -> R.TwinSwinUNet:
@@ -152,14 +137,14 @@ def _nearest_to_safe(mask: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def release(ref):
     model = _convert("tsr", ref["release"], ref["tmp"] / "release")
-    out = _timed("jax tsr small (jit + run)", modeling.forward, model, jnp.asarray(nchw_to_nhwc(ref["x"])))
+    out = timed("jax tsr small (jit + run)", modeling.forward, model, jnp.asarray(nchw_to_nhwc(ref["x"])))
     return {"dir": ref["tmp"] / "release", "model": model, "out": out}
 
 
 @pytest.fixture(scope="module")
 def training(ref):
     model = _convert("tsr", ref["training"], ref["tmp"] / "training", "--input-size", "256")
-    out = _timed("jax tsr small + teacher (jit + run)", modeling.forward, model, jnp.asarray(nchw_to_nhwc(ref["x"])))
+    out = timed("jax tsr small + teacher (jit + run)", modeling.forward, model, jnp.asarray(nchw_to_nhwc(ref["x"])))
     return {"dir": ref["tmp"] / "training", "model": model, "out": out}
 
 
@@ -210,7 +195,7 @@ def test_training_layout_parity_and_teacher(ref, training, release):
 
     mask = jnp.asarray(nchw_to_nhwc(ref["mask"]))
     teacher = nnx.jit(lambda m, a: m.teacher_features(a))
-    p2, p1 = _timed("jax teacher (jit + run)", teacher, training["model"], mask)
+    p2, p1 = timed("jax teacher (jit + run)", teacher, training["model"], mask)
     assert p2.shape == (1, 14, 14, DECODER[0]) and p1.shape == (1, 28, 28, DECODER[1])
     d2 = _close(p2, nchw_to_nhwc(ref["teacher_out"]["p2"]), "teacher p2")
     d1 = _close(p1, nchw_to_nhwc(ref["teacher_out"]["p1"]), "teacher p1")
@@ -242,7 +227,7 @@ def test_twinswin_kind(ref, training):
     assert set(ours) == {k for k in full if not k.startswith("refiner.")}
     for key in ours:
         np.testing.assert_array_equal(ours[key], full[key], err_msg=key)
-    out = _timed("jax twinswin small (jit + run)", modeling.forward, model, jnp.asarray(nchw_to_nhwc(ref["x"])))
+    out = timed("jax twinswin small (jit + run)", modeling.forward, model, jnp.asarray(nchw_to_nhwc(ref["x"])))
     assert isinstance(out, modeling.StudentOutput)
     logits = _close(out.logits, nchw_to_nhwc(ref["out"]["coarse_logits"]), "twinswin logits")
     alpha = _close(out.alpha, nchw_to_nhwc(ref["out"]["coarse_alpha"]), "twinswin alpha")
@@ -276,7 +261,7 @@ def test_bare_state_dict_fusion_depth_1(ref, tmp_path):
     with torch.no_grad():
         expected = coarse + refiner(ref["x"], coarse)
     refine = nnx.jit(lambda m, image, alpha: m.refiner(image, alpha))
-    ours = _timed(
+    ours = timed(
         "jax refiner (jit + run)", refine, model, jnp.asarray(nchw_to_nhwc(ref["x"])), jnp.asarray(nchw_to_nhwc(coarse))
     )
     print(f"refiner fusion_depth 1: refined logits {_close(ours, nchw_to_nhwc(expected), 'refiner fusion_depth 1')}")
@@ -284,7 +269,7 @@ def test_bare_state_dict_fusion_depth_1(ref, tmp_path):
 
 def test_bf16(ref, release):
     low = jaxmatte.load_pretrained(release["dir"], dtype=jnp.bfloat16)
-    out = _timed("jax tsr bf16 (jit + run)", modeling.forward, low, jnp.asarray(nchw_to_nhwc(ref["x"])))
+    out = timed("jax tsr bf16 (jit + run)", modeling.forward, low, jnp.asarray(nchw_to_nhwc(ref["x"])))
     assert out.d1.dtype == jnp.bfloat16
     for name in ("alpha", "refined_logits", "coarse_alpha", "coarse_logits"):
         assert getattr(out, name).dtype == jnp.float32, name
