@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxmatte.cli import add_predictor_arguments, make_predictor, non_negative_int, positive_int
 from jaxmatte.evaluation import (
     HCE_BINARIZE_RULES,
     MATTING_MODES,
@@ -49,20 +50,6 @@ from jaxmatte.evaluation import (
 )
 
 SHOWN_PROBLEMS = 50
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,11 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="experiment config file[:variant]; its config.data sets the geometry"
     )
     model.add_argument("--save-preds", type=Path, help="also write the predicted alpha PNGs to DIR/<dataset>/")
-    model.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default: 1)")
-    model.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="compute precision")
-    model.add_argument("--resize", choices=("stretch", "letterbox"), help="geometry override")
-    model.add_argument("--input-size", type=positive_int, help="input side override")
-    model.add_argument("--quantization", choices=("round", "truncate"), help="x255 quantisation override")
+    add_predictor_arguments(model)
     model.add_argument(
         "--chunk-size", type=positive_int, default=32, help="images scored per chunk (memory bound; default: 32)"
     )
@@ -273,17 +256,10 @@ def run_model_mode(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from jaxmatte.predict import Predictor, evaluate_folder, precision_dtype  # JAX starts here
+    from jaxmatte.predict import evaluate_folder  # JAX starts here
 
     try:
-        predictor = Predictor(
-            args.checkpoint,
-            dtype=precision_dtype(args.precision),
-            batch_size=args.batch_size,
-            resize_policy=args.resize or kind,
-            input_size=args.input_size or size,
-            quantization=args.quantization,
-        )
+        predictor = make_predictor(args, resize_policy=kind, input_size=size)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,18 +23,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from jaxmatte.cli import add_predictor_arguments, make_predictor
 from jaxmatte.data.io import IMAGE_SUFFIXES, ImageReadError, list_images, write_png
 
 FORMATS = ("alpha", "rgba", "composite")
 SUFFIXES = {"alpha": "", "rgba": "_rgba", "composite": "_composite"}
 SHOWN_PROBLEMS = 50
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def formats(text: str) -> tuple[str, ...]:
@@ -70,14 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--background", type=colour, default=(255, 255, 255), help="composite background R,G,B (default: 255,255,255)"
     )
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="compute precision")
-    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default: 1)")
     parser.add_argument("--recursive", action="store_true", help="also read the subfolders of folder inputs")
-    parser.add_argument("--resize", choices=("stretch", "letterbox"), help="override the checkpoint's geometry")
-    parser.add_argument("--input-size", type=positive_int, help="override the checkpoint's input side")
-    parser.add_argument(
-        "--quantization", choices=("round", "truncate"), help="override the checkpoint's x255 quantisation"
-    )
+    add_predictor_arguments(parser)
     return parser
 
 
@@ -149,17 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no input images", file=sys.stderr)
         return 2
 
-    from jaxmatte.predict import Predictor, precision_dtype  # JAX starts here, after the arguments are checked
-
     try:
-        predictor = Predictor(
-            args.checkpoint,
-            dtype=precision_dtype(args.precision),
-            batch_size=args.batch_size,
-            resize_policy=args.resize,
-            input_size=args.input_size,
-            quantization=args.quantization,
-        )
+        predictor = make_predictor(args)  # JAX starts here, after the arguments are checked
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
