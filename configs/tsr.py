@@ -1,5 +1,6 @@
 """TSR-Matte training. Variants: default (DIS5K recipe), demo (small model on synthetic data, CPU, minutes),
-faithful (default + the original's random frozen teacher with Feat weight 0.2 and clamped refined probability)."""
+faithful (default + the original's random frozen teacher with Feat weight 0.2, clamped refined probability, leftover
+micro-batches dropped at epoch ends and non-finite updates skipped)."""
 
 from jaxmatte.train.state import base_config
 
@@ -16,6 +17,8 @@ def get_config(arg=None):
         config.teacher.mode = "random"
         config.teacher.weight = 0.2
         config.loss.clamp_refined = True
+        config.optim.drop_partial_accumulation = True
+        config.optim.skip_nonfinite = True
     if variant == "demo":
         demo(config)
     return config
@@ -49,6 +52,7 @@ def demo(config):
     o.accum_steps = 1
     o.epochs = 12
     o.warmup_epochs = 0
+    config.teacher.steps = 600  # used with --config.teacher.mode=pretrained
     t = config.train
     t.compute_dtype = "float32"
     t.log_every = 4

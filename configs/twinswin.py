@@ -1,5 +1,7 @@
 """TwinSwin-Matte training. Variants: default (DIS5K recipe, 16 x 4 micro-batches), demo (small model on synthetic
-data, CPU), faithful (default + random frozen teacher with Feat weight 0.2)."""
+data, CPU), faithful (the original code's recipe: teacher off, leftover micro-batches dropped at epoch ends,
+non-finite updates skipped). The random frozen teacher that the original README describes is
+`--config.teacher.mode=random`."""
 
 from jaxmatte.train.state import base_config
 
@@ -16,8 +18,8 @@ def get_config(arg=None):
     config.optim.accum_steps = 4
     config.optim.eta_min = 0.0
     if variant == "faithful":
-        config.teacher.mode = "random"
-        config.teacher.weight = 0.2
+        config.optim.drop_partial_accumulation = True
+        config.optim.skip_nonfinite = True
     if variant == "demo":
         m = config.model
         m.preset = "tiny"
@@ -39,6 +41,7 @@ def get_config(arg=None):
         o.batch_size = 8
         o.accum_steps = 1
         o.epochs = 12
+        config.teacher.steps = 600  # used with --config.teacher.mode=pretrained
         config.train.compute_dtype = "float32"
         config.train.log_every = 4
         config.train.val_at_start = True

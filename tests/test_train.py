@@ -1,5 +1,7 @@
-"""Training loop: exact resume, data parallelism on fake CPU devices, configs, frozen teacher, bad training files."""
+"""Training loop: exact resume, data parallelism on fake CPU devices, worker processes, gradient accumulation, the
+teacher modes, logs, configs, bad training files."""
 
+import csv
 import json
 import logging
 import os
@@ -191,7 +193,12 @@ def test_config_variants_overrides_and_names():
     demo = load_config("tsr.py:demo", ["optim.lr=3e-4", "model.depths=[1, 1, 1, 1]", "data.policy=stretch"])
     assert demo.variant == "demo" and demo.optim.lr == 3e-4 and demo.model.depths == (1, 1, 1, 1)
     assert demo.data.policy == "stretch"
-    assert load_config("tsr:faithful").teacher.mode == "random"
+    faithful = load_config("tsr:faithful")
+    assert faithful.teacher.mode == "random" and faithful.optim.drop_partial_accumulation
+    twinswin_faithful = load_config("twinswin:faithful")
+    assert twinswin_faithful.teacher.mode == "off" and twinswin_faithful.optim.drop_partial_accumulation
+    with pytest.raises(ValueError, match="teacher.path"):
+        state.model_config(load_config("tsr.py", ["teacher.path=somewhere"]))
     assert load_config("twinswin.py").optim.batch_size == 16
     with pytest.raises(TypeError):
         load_config("tsr.py", ["optim.epochs=many"])
@@ -222,3 +229,212 @@ def test_epoch_schedule():
     expected = 1e-6 + (1e-4 - 1e-6) * (1 + np.cos(np.pi * 1 / 70)) / 2
     assert float(schedule(10)) == pytest.approx(expected, rel=1e-6)
     assert float(schedule(699)) == pytest.approx(1e-6 + (1e-4 - 1e-6) * (1 + np.cos(np.pi * 69 / 70)) / 2, rel=1e-5)
+
+
+def test_epoch_schedule_with_accumulation():
+    lr = lambda epoch: 1e-6 + (1e-4 - 1e-6) * (1 + np.cos(np.pi * epoch / 70)) / 2  # noqa: E731
+    # 10 micro-batches per epoch, 4 per update: updates end at micro-batches 4, 8 | 12, 16, 20 | 24, ...
+    carry_on = state.epoch_schedule(1e-4, 1e-6, 70, 10, accum=4)
+    assert [float(carry_on(n)) for n in range(6)] == pytest.approx([lr(0), lr(0), lr(1), lr(1), lr(1), lr(2)])
+    # The original resets at each epoch start: two updates per epoch, micro-batches 9-10 lost.
+    dropped = state.epoch_schedule(1e-4, 1e-6, 70, 10, accum=4, drop_partial=True)
+    assert [float(dropped(n)) for n in range(6)] == pytest.approx([lr(0), lr(0), lr(1), lr(1), lr(2), lr(2)])
+
+
+def eval_mode_state(config):
+    """Graph definition and train state of a model whose output per image does not depend on the rest of the batch
+    (running BatchNorm statistics, no drop path), so micro-batches and the whole batch see the same gradients."""
+    arch = state.model_config(config)
+    model = state.build_model(config, arch)
+    model.eval()
+    tx = state.make_optimizer(config.optim, steps_per_epoch=100)
+    graphdef, train_state = state.init_state(model, tx)
+    return graphdef, tx, train_state
+
+
+def random_batch(seed, size):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.standard_normal((size, 64, 64, 3)).astype(np.float32),
+        "mask": (rng.random((size, 64, 64, 1)) > 0.6).astype(np.float32),
+    }
+
+
+def adam_moments(opt_state):
+    """The leaves of Adam's first and second moments in `opt_state`."""
+    import jax
+    import optax
+
+    found = optax.tree.get_all_with_path(opt_state, "mu") + optax.tree.get_all_with_path(opt_state, "nu")
+    assert len(found) == 2
+    return [np.asarray(leaf) for _, moment in found for leaf in jax.tree.leaves(moment)]
+
+
+def copy_state(train_state):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(jnp.array, train_state)
+
+
+def test_gradient_accumulation_equals_the_whole_batch(data_root):
+    import jax
+
+    base = {"teacher.mode": "off", "optim.clip_norm": 1e6, "optim.lr": 1e-3}
+    whole = tiny_config(data_root, **base, **{"optim.accum_steps": 1, "optim.batch_size": 4})
+    micro = tiny_config(data_root, **base, **{"optim.accum_steps": 2, "optim.batch_size": 2})
+    batch = random_batch(0, 4)
+    halves = [{k: v[:2] for k, v in batch.items()}, {k: v[2:] for k, v in batch.items()}]
+    spec = state.LossSpec.from_config(whole)
+
+    graphdef, tx, reference = eval_mode_state(whole)
+    initial = copy_state(reference.params)
+    reference, _ = state.train_step(graphdef, tx, spec, reference, batch)
+
+    graphdef, tx, accumulated = eval_mode_state(micro)
+    accumulated, _ = state.train_step(graphdef, tx, spec, accumulated, halves[0])
+    for before, after in zip(jax.tree.leaves(initial), jax.tree.leaves(accumulated.params), strict=True):
+        np.testing.assert_array_equal(before, after)  # no update after the first of two micro-batches
+    accumulated, _ = state.train_step(graphdef, tx, spec, accumulated, halves[1])
+    for expected, got in zip(jax.tree.leaves(reference.params), jax.tree.leaves(accumulated.params), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=1e-5)
+    # Adam's moments hold the mean gradient (a sum would double mu and quadruple nu).
+    inner = accumulated.opt.inner_opt_state
+    for expected, got in zip(adam_moments(reference.opt), adam_moments(inner), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-9, rtol=1e-4)
+
+
+def test_drop_partial_accumulation_discards_leftover_micro_batches(data_root):
+    import jax
+
+    config = tiny_config(data_root, **{"teacher.mode": "off", "optim.accum_steps": 3, "optim.batch_size": 2})
+    spec = state.LossSpec.from_config(config)
+    batches = [random_batch(seed, 2) for seed in range(5)]
+    graphdef, tx, fresh = eval_mode_state(config)
+    _, _, dropped = eval_mode_state(config)
+    for batch in batches[:2]:  # an epoch end after two of three micro-batches
+        dropped, _ = state.train_step(graphdef, tx, spec, dropped, batch)
+    dropped = dropped._replace(opt=state.drop_partial_accumulation(dropped.opt))
+    assert int(dropped.opt.mini_step) == 0
+    assert all(not np.any(leaf) for leaf in jax.tree.leaves(dropped.opt.acc_grads))
+    for batch in batches[2:]:
+        dropped, _ = state.train_step(graphdef, tx, spec, dropped, batch)
+        fresh, _ = state.train_step(graphdef, tx, spec, fresh, batch)
+    for expected, got in zip(jax.tree.leaves(fresh.params), jax.tree.leaves(dropped.params), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_worker_processes_give_the_same_training(data_root, straight_run, tmp_path):
+    trainer = Trainer(tiny_config(data_root, **{"data.workers": 2, "train.steps": 2}), tmp_path)
+    losses = trainer.train()
+    trainer.close()
+    assert sorted(losses) == [1, 2]
+    for step, terms in losses.items():
+        assert terms["total"] == pytest.approx(straight_run["losses"][step]["total"], abs=1e-6, rel=1e-6), step
+
+
+def read_events(directory):
+    """(tag, step, value) of the scalar summaries in TensorBoard event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    rows = []
+    for path in sorted(Path(directory).glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                rows.append((value.tag, event.step, value.simple_value))
+    return rows
+
+
+def test_tensorboard_events_hold_the_logged_terms(straight_run):
+    rows = read_events(straight_run["workdir"] / "tensorboard")
+    totals = {step: value for tag, step, value in rows if tag == "train/total"}
+    logged = [int(row["step"]) for row in csv.DictReader((straight_run["workdir"] / "train.csv").open())]
+    assert sorted(totals) == logged and STEPS in logged  # the steps of train.csv (every log_every and epoch end)
+    for step, value in totals.items():
+        assert value == pytest.approx(straight_run["losses"][step]["total"], rel=1e-6)
+    val_steps = [step for tag, step, _ in rows if tag == "val/maxFm"]
+    assert val_steps == [STEPS]
+    assert any(tag == "train/lr" for tag, _, _ in rows)
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(data_root, tmp_path_factory):
+    config = tiny_config(
+        data_root,
+        **{"teacher.mode": "pretrained", "teacher.steps": 40, "teacher.batch_size": 4, "train.steps": 2},
+    )
+    config.train.log_every = 1
+    workdir = tmp_path_factory.mktemp("pretrained")
+    trainer = Trainer(config, workdir)
+    after_pretraining = trainer.params()
+    losses = trainer.train()
+    trainer.close()
+    return {
+        "config": config,
+        "workdir": workdir,
+        "after_pretraining": after_pretraining,
+        "losses": losses,
+        "params": trainer.params(),
+    }
+
+
+def test_pretrained_teacher_learns_masks_then_is_frozen(pretrained_run):
+    from flax import nnx
+
+    from jaxmatte import load_pretrained
+    from jaxmatte.models.tsr import modeling
+
+    workdir, params = pretrained_run["workdir"], pretrained_run["after_pretraining"]
+    rows = list(csv.DictReader((workdir / "teacher.csv").open()))
+    assert len(rows) == 40
+    first = np.mean([float(row["total"]) for row in rows[:8]])
+    last = np.mean([float(row["total"]) for row in rows[-8:]])
+    assert last < 0.9 * first, (first, last)
+
+    arch = state.model_config(pretrained_run["config"])
+    assert arch.teacher.relu_outputs
+    untrained = nnx.state(modeling.MaskEncoder(arch.teacher, rngs=nnx.Rngs(arch.teacher.init_seed)))
+    untrained = {"teacher." + ".".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(untrained)}
+    teacher_keys = [name for name in params if name.startswith("teacher.")]
+    assert sorted(teacher_keys) == sorted(untrained)
+    assert not np.array_equal(params["teacher.stem.conv.kernel"], untrained["teacher.stem.conv.kernel"])
+    assert np.any(params["teacher.down1.block.bn1.mean"] != 0)  # BatchNorm statistics calibrated on masks
+
+    saved = load_pretrained(workdir / "teacher")
+    assert isinstance(saved, modeling.MaskEncoder)
+    for name, value in nnx.to_flat_state(nnx.state(saved)):
+        np.testing.assert_array_equal(params["teacher." + ".".join(map(str, name))], np.asarray(value.get_value()))
+    for name in teacher_keys:  # frozen while the student trains
+        np.testing.assert_array_equal(pretrained_run["params"][name], params[name], err_msg=name)
+    assert pretrained_run["losses"][1]["feat"] > 0
+
+
+def test_pretrained_teacher_is_reused_from_a_path_and_checked(pretrained_run, tmp_path):
+    from flax import nnx
+
+    from jaxmatte.models.tsr import modeling
+    from jaxmatte.pretrained import save_pretrained
+
+    config = pretrained_run["config"].copy_and_resolve_references()
+    config.teacher.path = str(pretrained_run["workdir"] / "teacher")
+    trainer = Trainer(config, tmp_path / "reuse")
+    params = trainer.params()
+    losses = trainer.train(until=1)
+    trainer.close()
+    assert not (tmp_path / "reuse" / "teacher.csv").exists()
+    for name, value in pretrained_run["after_pretraining"].items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)
+    assert losses[1]["total"] == pytest.approx(pretrained_run["losses"][1]["total"], abs=1e-6, rel=1e-6)
+
+    wrong = modeling.MaskEncoderConfig(dims=(16, 32, 64, 128), relu_outputs=True)
+    save_pretrained(modeling.MaskEncoder(wrong, rngs=nnx.Rngs(0)), wrong, tmp_path / "wrong")
+    config.teacher.path = str(tmp_path / "wrong")
+    with pytest.raises(ValueError, match="wrong"):
+        Trainer(config, tmp_path / "mismatch")

@@ -564,3 +564,36 @@ def test_release_predict_matches_original_pipeline(ref, release, tmp_path):
         within_one = float((diff <= 1).mean())
         print(f"{stem}: max grey-level diff {diff.max()}, within 1 level {within_one:.5f}")
         assert within_one >= 0.999 and diff.max() <= 2
+
+
+def test_calibrating_frozen_batchnorm_matches_torch_train_mode():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 5, 6, 8)) * 2 + 1).astype(np.float32)
+    reference = torch.nn.BatchNorm2d(8)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-0.5, 0.5)
+    norm = modeling.FrozenBatchNorm(8, dtype=jnp.float32, param_dtype=jnp.float32)
+    norm.scale[...] = jnp.asarray(reference.weight.detach().numpy())
+    norm.bias[...] = jnp.asarray(reference.bias.detach().numpy())
+    norm.calibrating = True
+    reference.train()
+    for _ in range(2):  # two updates: the running statistics compound with momentum 0.1
+        expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach().numpy()
+        np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x))), expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(norm.mean[...]), reference.running_mean.numpy(), atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(norm.var[...]), reference.running_var.numpy(), atol=1e-6, rtol=1e-6)
+    norm.calibrating = False
+    reference.eval()
+    expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach().numpy()
+    np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x))), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_readout_depth_to_space_is_pixel_shuffle():
+    from jaxmatte.train.teacher import depth_to_space
+
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 64)).astype(np.float32)
+    expected = torch.nn.functional.pixel_shuffle(torch.from_numpy(x).permute(0, 3, 1, 2), 8).permute(0, 2, 3, 1)
+    np.testing.assert_array_equal(np.asarray(depth_to_space(jnp.asarray(x), 8)), expected.numpy())
+    with pytest.raises(ValueError, match="64 channels"):
+        depth_to_space(jnp.zeros((1, 2, 2, 63)), 8)

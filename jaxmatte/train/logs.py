@@ -1,8 +1,9 @@
-"""Run logs: a tqdm progress bar, CSV files, a loss-curve PNG, sample grids, TensorBoard when tensorboardX exists.
+"""Run logs: a tqdm progress bar, CSV files, a loss-curve PNG, sample grids, TensorBoard events.
 
 Files in the workdir: ``train.csv`` (step, epoch, lr, images/s, loss terms), ``val.csv`` (step, epoch, metrics),
 ``loss.png`` (training loss and validation metric against the step), ``samples/step_<n>.png`` (rows of image | ground
-truth | prediction).
+truth | prediction), ``tensorboard/`` (event files with the same training terms as ``train/<term>`` and
+metrics as ``val/<metric>``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from tensorboardX import SummaryWriter
 
 from jaxmatte.data.io import write_png
 
@@ -32,37 +34,13 @@ class RunLog:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-        self.board = None
-        try:
-            from tensorboardX import SummaryWriter
-
-            self.board = SummaryWriter(str(self.workdir / "tensorboard"))
-        except ImportError:
-            pass
+        self.board = SummaryWriter(str(self.workdir / "tensorboard"))
         self._start = time.perf_counter()
         self._last_time = self._start
         self._last_step = start_step
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
-        path = self.workdir / name
-        fields = list(row)
-        if path.exists():
-            with path.open() as handle:
-                header = next(csv.reader(handle), None)
-            if header:
-                fields = header + [key for key in row if key not in header]
-                if fields != header:  # new columns: rewrite with the wider header
-                    rows = list(csv.DictReader(path.open()))
-                    with path.open("w", newline="") as handle:
-                        writer = csv.DictWriter(handle, fieldnames=fields)
-                        writer.writeheader()
-                        writer.writerows(rows)
-        new = not path.exists()
-        with path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_csv(self.workdir / name, row)
 
     def train(self, step: int, epoch: int, lr: float, batch_size: int, terms: dict[str, float]) -> None:
         """Log training terms at `step` (the number of micro-batches done)."""
@@ -73,10 +51,9 @@ class RunLog:
         self._append("train.csv", row)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{terms.get('total', math.nan):.4f}", img_s=f"{rate:.1f}", refresh=False)
-        if self.board is not None:
-            for key, value in terms.items():
-                self.board.add_scalar(f"train/{key}", value, step)
-            self.board.add_scalar("train/lr", lr, step)
+        for key, value in terms.items():
+            self.board.add_scalar(f"train/{key}", value, step)
+        self.board.add_scalar("train/lr", lr, step)
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
@@ -84,9 +61,8 @@ class RunLog:
 
     def validation(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
         self._append("val.csv", {"step": step, "epoch": epoch, **metrics})
-        if self.board is not None:
-            for key, value in metrics.items():
-                self.board.add_scalar(f"val/{key}", value, step)
+        for key, value in metrics.items():
+            self.board.add_scalar(f"val/{key}", value, step)
         self.message(f"step {step} (epoch {epoch}) val " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def message(self, text: str) -> None:
@@ -102,8 +78,7 @@ class RunLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.board is not None:
-            self.board.close()
+        self.board.close()
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -179,3 +154,25 @@ def sample_grid(
     width = max(row.shape[1] for row in rows)
     padded = [np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
     return write_png(path, np.concatenate(padded, axis=0))
+
+
+def append_csv(path: Path, row: dict[str, Any]) -> None:
+    """Append `row` to the CSV file `path` (header first when new; rewritten with a wider header for new columns)."""
+    fields = list(row)
+    if path.exists():
+        with path.open() as handle:
+            header = next(csv.reader(handle), None)
+        if header:
+            fields = header + [key for key in row if key not in header]
+            if fields != header:  # new columns: rewrite with the wider header
+                rows = list(csv.DictReader(path.open()))
+                with path.open("w", newline="") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=fields)
+                    writer.writeheader()
+                    writer.writerows(rows)
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

@@ -25,14 +25,17 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from jaxmatte.data import DISFolders, ImageReadError, write_synthetic_dis
 from jaxmatte.data.pipeline import batches_per_epoch, make_dataset, make_iterator
 from jaxmatte.data.transforms import Augment, ResizePolicy, to_uint8
 from jaxmatte.metrics import dis_image_stats, summarize_dis
+from jaxmatte.pretrained import is_model_dir, save_pretrained
 from jaxmatte.train import state as train_state
+from jaxmatte.train import teacher as teacher_lib
 from jaxmatte.train.checkpoint import RunCheckpoints, export, export_info
-from jaxmatte.train.logs import RunLog, sample_grid
+from jaxmatte.train.logs import RunLog, append_csv, sample_grid
 from jaxmatte.train.mesh import data_mesh, replicate, shard_batch
 
 logger = logging.getLogger(__name__)
@@ -180,6 +183,7 @@ class Trainer:
         self.val_batch_size = math.ceil(int(config.data.val_batch_size) / num_devices) * num_devices
 
         train_roots, val_roots = data_roots(config)
+        self.train_roots = train_roots
         self.policy = ResizePolicy(config.data.policy, int(config.data.size))
         self.train_source = SkippingSource(DISFolders(train_roots))
         self.val_source: Any = DISFolders(val_roots)
@@ -195,6 +199,9 @@ class Trainer:
 
         self.model_config = train_state.model_config(config)
         model = train_state.build_model(config, self.model_config)
+        self.checkpoints = RunCheckpoints(self.workdir, max_to_keep=int(config.train.max_to_keep))
+        if config.teacher.mode == "pretrained" and self.checkpoints.latest_step() is None:
+            self.prepare_teacher(model)
         self.tx = train_state.make_optimizer(config.optim, self.steps_per_epoch)
         self.spec = train_state.LossSpec.from_config(config)
         self.graphdef, state = train_state.init_state(model, self.tx)
@@ -205,13 +212,71 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.history: dict[int, dict[str, float]] = {}
 
-        self.checkpoints = RunCheckpoints(self.workdir, max_to_keep=int(config.train.max_to_keep))
         restored = self.checkpoints.restore_latest(self.state, self.iterator)
         if restored is not None:
             self.step, self.state, record = restored
             self.best = record.get("best")
             self.last_val = record.get("last_val", {})
             logger.info("resumed %s at step %d", self.workdir, self.step)
+
+    def prepare_teacher(self, model: Any) -> None:
+        """Fill `model.teacher` of a fresh `pretrained` run: from `teacher.path`, from ``teacher/`` in the workdir (an
+        earlier attempt of this run), or trained now on the training masks and saved there."""
+        expected = self.model_config.teacher
+        saved = self.workdir / teacher_lib.TEACHER_DIR
+        path = self.config.teacher.path
+        source = Path(path) if path else saved if is_model_dir(saved) else None
+        if source is not None:
+            trained = teacher_lib.load(source, expected)
+            logger.info("teacher loaded from %s", source)
+        else:
+            trained = model.teacher
+            self.train_teacher(trained, model.student.safe_size, saved)
+        nnx.update(model.teacher, nnx.state(trained))
+
+    def train_teacher(self, teacher: Any, safe_size: int, directory: Path) -> None:
+        """`teacher_lib.pretrain` on this run's training masks; logs to ``teacher.csv``, saves to `directory`."""
+        config, t = self.config, self.config.teacher
+        devices = self.mesh.devices.size
+        if int(t.batch_size) % devices:
+            raise ValueError(f"teacher.batch_size {t.batch_size} does not split over {devices} devices")
+        augment = Augment() if config.data.augment else None
+        dataset = make_dataset(
+            self.train_source,
+            self.policy,
+            train=True,
+            batch_size=int(t.batch_size),
+            seed=config.seed + 1,
+            augment=augment,
+        )
+        val = make_dataset(self.val_source, self.policy, train=False, batch_size=self.val_batch_size)
+        recipe = teacher_lib.TeacherRecipe(
+            int(t.steps), float(t.lr), float(t.weight_decay), int(t.seed) + 1, int(config.train.log_every)
+        )
+        csv_path = self.workdir / "teacher.csv"
+        csv_path.unlink(missing_ok=True)
+
+        def log(step: int, terms: dict[str, float]) -> None:
+            append_csv(csv_path, {"step": step, **terms})
+            logger.info("teacher step %d/%d: loss %.4f, IoU %.4f", step, recipe.steps, terms["total"], terms["iou"])
+
+        batches = make_iterator(dataset, workers=int(config.data.workers))
+        try:
+            val_terms = teacher_lib.pretrain(
+                teacher,
+                self.model_config.teacher,
+                safe_size,
+                batches,
+                (val[i] for i in range(len(val))),
+                recipe,
+                self.mesh,
+                log=log,
+            )
+        finally:
+            getattr(batches, "close", lambda: None)()
+        logger.info("teacher validation: %s", " ".join(f"{k} {v:.4f}" for k, v in val_terms.items()))
+        info = {"steps": recipe.steps, "seed": recipe.seed, "val": val_terms, "train_roots": self.train_roots}
+        save_pretrained(teacher, self.model_config.teacher, directory, info=info)
 
     @property
     def epoch(self) -> int:
@@ -249,6 +314,8 @@ class Trainer:
                 pending.append((self.step, terms))
                 log.advance()
                 epoch_end = self.step % self.steps_per_epoch == 0
+                if epoch_end and config.optim.drop_partial_accumulation:
+                    self.state = self.state._replace(opt=train_state.drop_partial_accumulation(self.state.opt))
                 if self.step % int(config.train.log_every) == 0 or self.step == until or epoch_end:
                     for step, values in jax.device_get(pending):
                         ran[step] = {key: float(value) for key, value in values.items()}

@@ -29,7 +29,7 @@ FAMILIES = {
     "tsr": (modeling.TSRConfig, modeling.TSRMatte),
     "twinswin": (modeling.TwinSwinConfig, modeling.TwinSwinMatte),
 }
-TEACHER_MODES = ("off", "random")  # "pretrained" (teacher trained on masks first) is not implemented
+TEACHER_MODES = ("off", "random", "pretrained")
 
 
 def base_config(family: str) -> ml_collections.ConfigDict:
@@ -60,9 +60,16 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.model.detach_coarse = False
 
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.mode = "off"  # off | random (torch-style init from `seed`, frozen)
+    # off | random (torch-style init from `seed`, frozen) | pretrained (first trained to reconstruct masks, then
+    # frozen; jaxmatte/train/teacher.py)
+    c.teacher.mode = "off"
     c.teacher.seed = 0
     c.teacher.weight = 0.2
+    c.teacher.path = ""  # pretrained: reuse this saved teacher directory instead of training one
+    c.teacher.steps = 2000
+    c.teacher.batch_size = 8
+    c.teacher.lr = 3e-3
+    c.teacher.weight_decay = 1e-4
 
     c.loss = ml_collections.ConfigDict()
     c.loss.w_l1 = 1.0
@@ -98,6 +105,7 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.optim.batch_size = 2
     c.optim.accum_steps = 4
     c.optim.skip_nonfinite = False
+    c.optim.drop_partial_accumulation = False  # True: discard leftover micro-batches at each epoch end (the original)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 0  # > 0: stop after this many micro-batches instead of `optim.epochs` epochs
@@ -151,8 +159,11 @@ def model_config(config: ml_collections.ConfigDict) -> modeling.TwinSwinConfig:
     result = dataclasses.replace(base, **overrides)
     if config.teacher.mode not in TEACHER_MODES:
         raise ValueError(f"teacher.mode must be one of {TEACHER_MODES}, got {config.teacher.mode!r}")
+    if config.teacher.path and config.teacher.mode != "pretrained":
+        raise ValueError(f"teacher.path is only read with teacher.mode='pretrained' (mode is {config.teacher.mode!r})")
     if config.teacher.mode != "off":
-        result = result.with_teacher(init_seed=int(config.teacher.seed))
+        pretrained = config.teacher.mode == "pretrained"
+        result = result.with_teacher(init_seed=int(config.teacher.seed), relu_outputs=pretrained)
     return result
 
 
@@ -181,20 +192,33 @@ def build_model(config: ml_collections.ConfigDict, arch: modeling.TwinSwinConfig
 
 
 def epoch_schedule(
-    lr: float, eta_min: float, epochs: int, updates_per_epoch: int, warmup_epochs: int = 0
+    lr: float,
+    eta_min: float,
+    epochs: int,
+    steps_per_epoch: int,
+    accum: int = 1,
+    warmup_epochs: int = 0,
+    drop_partial: bool = False,
 ) -> optax.Schedule:
     """Learning rate of optimizer update n: constant within an epoch, cosine over epochs (PyTorch's
-    CosineAnnealingLR stepped per epoch), after an optional linear warmup of `warmup_epochs` epochs."""
-    updates_per_epoch = max(1, updates_per_epoch)
+    CosineAnnealingLR stepped per epoch), after an optional linear warmup of `warmup_epochs` epochs.
+
+    An update takes `accum` micro-batches of an epoch's `steps_per_epoch`. Update n belongs to the epoch of its last
+    micro-batch; with `drop_partial` (the original's reset at each epoch start) an epoch has exactly
+    ``steps_per_epoch // accum`` updates.
+    """
+    steps_per_epoch, accum = max(1, steps_per_epoch), max(1, accum)
+    full_updates = max(1, steps_per_epoch // accum)
     span = max(1, epochs - warmup_epochs)
 
     def schedule(count):
-        epoch = jnp.minimum(count // updates_per_epoch, epochs - 1).astype(jnp.float32)
+        epoch = count // full_updates if drop_partial else ((count + 1) * accum - 1) // steps_per_epoch
+        epoch = jnp.minimum(epoch, epochs - 1).astype(jnp.float32)
         cosine_epoch = jnp.maximum(epoch - warmup_epochs, 0.0)
         cosine = eta_min + (lr - eta_min) * (1.0 + jnp.cos(math.pi * cosine_epoch / span)) / 2.0
         if warmup_epochs <= 0:
             return cosine
-        warm = lr * (count + 1) / (warmup_epochs * updates_per_epoch)
+        warm = lr * (count + 1) * accum / (warmup_epochs * steps_per_epoch)
         return jnp.where(epoch < warmup_epochs, warm, cosine)
 
     return schedule
@@ -202,9 +226,9 @@ def epoch_schedule(
 
 @functools.lru_cache(maxsize=16)
 def _optimizer(
-    lr, eta_min, epochs, updates_per_epoch, warmup, wd, b1, b2, eps, clip, accum, skip_nonfinite
+    lr, eta_min, epochs, steps_per_epoch, warmup, wd, b1, b2, eps, clip, accum, skip_nonfinite, drop_partial
 ) -> optax.GradientTransformation:
-    schedule = epoch_schedule(lr, eta_min, epochs, updates_per_epoch, warmup)
+    schedule = epoch_schedule(lr, eta_min, epochs, steps_per_epoch, accum, warmup, drop_partial)
     tx = optax.chain(optax.clip_by_global_norm(clip), optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd))
     if skip_nonfinite:
         tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)
@@ -226,7 +250,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
         float(optim.lr),
         float(optim.eta_min),
         int(optim.epochs),
-        max(1, steps_per_epoch // accum),
+        int(steps_per_epoch),
         int(optim.warmup_epochs),
         float(optim.weight_decay),
         float(optim.b1),
@@ -235,14 +259,33 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
         float(optim.clip_norm),
         accum,
         bool(optim.skip_nonfinite),
+        bool(optim.drop_partial_accumulation),
     )
 
 
 def learning_rate(optim: ml_collections.ConfigDict, steps_per_epoch: int, micro_step: int) -> float:
     """The learning rate in force at a micro-batch (for logging)."""
-    updates_per_epoch = max(1, steps_per_epoch // int(optim.accum_steps))
-    schedule = epoch_schedule(optim.lr, optim.eta_min, optim.epochs, updates_per_epoch, optim.warmup_epochs)
-    return float(schedule(micro_step // int(optim.accum_steps)))
+    accum = int(optim.accum_steps)
+    schedule = epoch_schedule(
+        optim.lr,
+        optim.eta_min,
+        optim.epochs,
+        steps_per_epoch,
+        accum,
+        optim.warmup_epochs,
+        bool(optim.drop_partial_accumulation),
+    )
+    return float(schedule(micro_step // accum))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def drop_partial_accumulation(opt_state: Any) -> Any:
+    """A `MultiSteps` state with its partly accumulated gradient discarded (the original's reset at epoch start)."""
+    if not isinstance(opt_state, optax.MultiStepsState):
+        return opt_state
+    return opt_state._replace(
+        mini_step=jnp.zeros_like(opt_state.mini_step), acc_grads=jax.tree.map(jnp.zeros_like, opt_state.acc_grads)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ class MaskEncoderConfig:
     num_groups: int = 8
     patch_size: int = 4
     init_seed: int = 0
+    relu_outputs: bool = False  # True: p2 / p1 pass a ReLU, like the post-ReLU student features they are compared to
 
     def __post_init__(self) -> None:
         if len(self.dims) != 4:
@@ -75,9 +76,9 @@ class MaskEncoderConfig:
             raise ValueError(f"stem width {self.dims[0]} is not divisible into {self.num_groups} groups")
 
     @classmethod
-    def for_features(cls, d1: int, d2: int, *, init_seed: int = 0) -> MaskEncoderConfig:
-        """A teacher whose p2 / p1 have d1 / d2 channels."""
-        return cls(dims=(d2 // 2, d2, d1, 2 * d1), init_seed=init_seed)
+    def for_features(cls, d1: int, d2: int, **fields: Any) -> MaskEncoderConfig:
+        """A teacher whose p2 / p1 have d1 / d2 channels; `fields` set the other options."""
+        return cls(dims=(d2 // 2, d2, d1, 2 * d1), **fields)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,11 +135,9 @@ class TwinSwinConfig:
         """Channels of the alignment features (d1, d2)."""
         return self.decoder_channels[0], self.decoder_channels[1]
 
-    def with_teacher(self, init_seed: int = 0):
-        """This config with a teacher fitting the decoder features."""
-        return dataclasses.replace(
-            self, teacher=MaskEncoderConfig.for_features(*self.feature_channels, init_seed=init_seed)
-        )
+    def with_teacher(self, **fields: Any):
+        """This config with a teacher fitting the decoder features; `fields` as in `MaskEncoderConfig`."""
+        return dataclasses.replace(self, teacher=MaskEncoderConfig.for_features(*self.feature_channels, **fields))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any):
@@ -211,11 +210,16 @@ def batch_norm(features: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rng
 
 
 class FrozenBatchNorm(nnx.Module):
-    """BatchNorm that always normalises with its stored statistics (unaffected by `train()`); float32 arithmetic."""
+    """BatchNorm that normalises with its stored statistics (unaffected by `train()`); float32 arithmetic.
+
+    While `calibrating` (set only by the teacher's mask pretraining) it normalises with the batch statistics and
+    updates the stored ones as PyTorch does (momentum 0.1, unbiased variance).
+    """
 
     def __init__(self, features: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs | None = None):
         del rngs
         self.dtype = dtype
+        self.calibrating = False
         self.scale = nnx.Param(jnp.ones((features,), param_dtype))
         self.bias = nnx.Param(jnp.zeros((features,), param_dtype))
         self.mean = nnx.BatchStat(jnp.zeros((features,), param_dtype))
@@ -223,8 +227,19 @@ class FrozenBatchNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         f32 = jnp.float32
-        factor = jax.lax.rsqrt(self.var[...].astype(f32) + BN_EPS) * self.scale[...].astype(f32)
-        y = (x.astype(f32) - self.mean[...].astype(f32)) * factor + self.bias[...].astype(f32)
+        x32 = x.astype(f32)
+        if self.calibrating:
+            axes = tuple(range(x.ndim - 1))
+            mean, var = jnp.mean(x32, axis=axes), jnp.var(x32, axis=axes)
+            count = x32.size // x32.shape[-1]
+            keep = BN_MOMENTUM
+            self.mean[...] = keep * self.mean[...] + (1 - keep) * jax.lax.stop_gradient(mean)
+            unbiased = jax.lax.stop_gradient(var) * count / max(count - 1, 1)
+            self.var[...] = keep * self.var[...] + (1 - keep) * unbiased
+        else:
+            mean, var = self.mean[...].astype(f32), self.var[...].astype(f32)
+        factor = jax.lax.rsqrt(var + BN_EPS) * self.scale[...].astype(f32)
+        y = (x32 - mean) * factor + self.bias[...].astype(f32)
         return y.astype(self.dtype or x.dtype)
 
 
@@ -402,7 +417,8 @@ class Down(nnx.Module):
 
 @register("tsr_teacher", MaskEncoderConfig)
 class MaskEncoder(nnx.Module):
-    """Teacher FPN on an alpha mask (B, S, S, 1) in [0, 1] at the safe size -> (p2 at S/16, p1 at S/8), un-activated.
+    """Teacher FPN on an alpha mask (B, S, S, 1) in [0, 1] at the safe size -> (p2 at S/16, p1 at S/8), un-activated
+    unless `relu_outputs`.
 
     Initialisation follows PyTorch's defaults (conv U(±1/sqrt(fan_in)), GroupNorm 1 / 0, BN statistics 0 / 1) drawn
     from `rngs`; inside `TwinSwinMatte` / `TSRMatte` the stream is `nnx.Rngs(config.init_seed)`.
@@ -413,6 +429,7 @@ class MaskEncoder(nnx.Module):
     ):
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         c0, c1, c2, c3 = config.dims
+        self.relu_outputs = config.relu_outputs
         self.stem = Stem(config, **kw)
         self.down1 = Down(c0, c1, **kw)
         self.down2 = Down(c1, c2, **kw)
@@ -428,6 +445,8 @@ class MaskEncoder(nnx.Module):
         c3 = self.down3(c2)
         p2 = self.smooth2(c2 + resize_nearest(self.lat3_to_2(c3), c2.shape[1:3]))
         p1 = self.smooth1(c1 + resize_nearest(self.lat2_to_1(p2), c1.shape[1:3]))
+        if self.relu_outputs:
+            return jax.nn.relu(p2), jax.nn.relu(p1)
         return p2, p1
 
 
