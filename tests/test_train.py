@@ -385,10 +385,14 @@ def pretrained_run(data_root, tmp_path_factory):
     }
 
 
-def test_pretrained_teacher_learns_masks_then_is_frozen(pretrained_run):
+def test_pretrained_teacher_learns_masks_then_is_frozen(data_root, pretrained_run):
+    import jax.numpy as jnp
     from flax import nnx
 
     from jaxmatte import load_pretrained
+    from jaxmatte.data import DISFolders
+    from jaxmatte.data.pipeline import make_dataset
+    from jaxmatte.data.transforms import ResizePolicy
     from jaxmatte.models.tsr import modeling
 
     workdir, params = pretrained_run["workdir"], pretrained_run["after_pretraining"]
@@ -414,6 +418,13 @@ def test_pretrained_teacher_learns_masks_then_is_frozen(pretrained_run):
     for name in teacher_keys:  # frozen while the student trains
         np.testing.assert_array_equal(pretrained_run["params"][name], params[name], err_msg=name)
     assert pretrained_run["losses"][1]["feat"] > 0
+    # outputs rescaled to unit RMS over training masks
+    val = json.loads((workdir / "teacher" / "config.json").read_text())["info"]["val"]
+    assert val["p2_rms"] > 0 and val["p1_rms"] > 0 and 0 <= val["iou"] <= 1
+    train = DISFolders([f"{data_root}/train"])
+    masks = make_dataset(train, ResizePolicy("letterbox", 64), train=False, batch_size=len(train))[0]["mask"]
+    for feature in saved(jnp.asarray(masks)):
+        assert 0.5 < float(jnp.sqrt(jnp.mean(jnp.square(feature)))) < 2.0
 
 
 def test_pretrained_teacher_is_reused_from_a_path_and_checked(pretrained_run, tmp_path):

@@ -3,7 +3,9 @@
 Each alignment feature (p2 at S/16 and p1 at S/8 of the safe size S) feeds a sub-pixel readout: a per-cell MLP to
 r² logits, rearranged into the r x r mask patch of its cell (r = 16 and 8). The readout seeing one cell's feature
 vector only, the mask's structure has to be held by the features themselves, which is what the student is then aligned
-with. Both readouts are trained with the structure loss (weighted BCE + weighted IoU) against the mask at S.
+with. Both readouts are trained with the structure loss (weighted BCE + weighted IoU) against the mask at S. The
+teacher's BatchNorm statistics are calibrated on the masks meanwhile; afterwards its outputs are rescaled to unit
+root-mean-square (`normalise_output_scale`).
 
 The teacher of a `pretrained` run is trained once, before the first student step, and saved as ``<workdir>/teacher``
 (a `save_pretrained` directory, family ``tsr_teacher``); from then on it is part of the run's checkpoints like the
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 TEACHER_DIR = "teacher"
 P2_CELL, P1_CELL = 16, 8
+SCALE_BATCHES = 8  # training batches over which the output scale is measured
 
 
 def depth_to_space(x: jax.Array, cell: int) -> jax.Array:
@@ -110,6 +113,7 @@ def _step(graphdef, tx, params, opt_state, rest, mask):
 
 
 def set_calibrating(module: nnx.Module, value: bool) -> None:
+    """Switch every `FrozenBatchNorm` in `module` to (or from) batch statistics with running updates."""
     for _, child in nnx.iter_modules(module):
         if isinstance(child, FrozenBatchNorm):
             child.calibrating = value
@@ -134,13 +138,14 @@ def pretrain(
     config: MaskEncoderConfig,
     safe_size: int,
     train_batches: Iterator[dict[str, Any]],
-    val_batches: list[dict[str, Any]],
+    val_batches: Iterable[dict[str, Any]],
     recipe: TeacherRecipe,
     mesh: Mesh,
     *,
     log: Any = None,
 ) -> dict[str, float]:
-    """Train `teacher` in place on `train_batches` masks (AdamW, cosine decay); returns the validation terms.
+    """Train `teacher` in place on `train_batches` masks (AdamW, cosine decay), then normalise its output scale;
+    returns the validation terms and the output RMS before normalisation.
 
     `log(step, terms)` is called every `recipe.log_every` steps and at the end.
     """
@@ -159,10 +164,41 @@ def pretrain(
         if log is not None and (step % recipe.log_every == 0 or step == recipe.steps):
             log(step, {key: float(value) for key, value in terms.items()})
     nnx.update(model, params, rest)
-    return evaluate(model, val_batches, mesh)
+    val_terms = evaluate(model, val_batches, mesh)
+    scale_masks = [next(train_batches)["mask"] for _ in range(SCALE_BATCHES)]
+    rms = normalise_output_scale(teacher, scale_masks, safe_size)
+    return {**val_terms, "p2_rms": rms[0], "p1_rms": rms[1]}
 
 
-def evaluate(model: MaskAutoencoder, batches: list[dict[str, Any]], mesh: Mesh) -> dict[str, float]:
+@nnx.jit
+def _output_power(teacher: MaskEncoder, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    p2, p1 = teacher(mask)
+    return jnp.mean(jnp.square(p2)), jnp.mean(jnp.square(p1))
+
+
+def normalise_output_scale(teacher: MaskEncoder, masks: list[np.ndarray], safe_size: int) -> tuple[float, float]:
+    """Rescale the teacher's output convolutions so that p2 and p1 have unit root-mean-square over `masks`.
+
+    The alignment loss then weighs the teacher's structure on the scale of the student's normalised features
+    (unit RMS) instead of whatever scale reconstruction left. `lat2_to_1` absorbs the inverse of p2's factor, so p1
+    depends on the mask exactly as before. Returns the RMS values found (before rescaling).
+    """
+    powers = []
+    for mask in masks:
+        target = resize_nearest(jnp.asarray(mask, jnp.float32), (safe_size, safe_size))
+        powers.append([float(v) for v in _output_power(teacher, target)])
+    rms2, rms1 = (float(np.sqrt(np.mean(column))) for column in zip(*powers, strict=True))
+    if not (rms2 > 0 and rms1 > 0):
+        raise ValueError(f"the trained teacher's outputs are all zero (RMS p2 {rms2}, p1 {rms1}); lower teacher.lr")
+    teacher.smooth2.kernel[...] /= rms2
+    teacher.smooth2.bias[...] /= rms2
+    teacher.lat2_to_1.kernel[...] *= rms2
+    teacher.smooth1.kernel[...] /= rms1
+    teacher.smooth1.bias[...] /= rms1
+    return rms2, rms1
+
+
+def evaluate(model: MaskAutoencoder, batches: Iterable[dict[str, Any]], mesh: Mesh) -> dict[str, float]:
     """Mean reconstruction terms over `batches` (their ``valid`` entries only)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     totals: dict[str, float] = {}
