@@ -21,14 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
 
 
-def tiny_config(data_root: str, **changes):
-    """A TSR with a 4-stage 8-wide Swin at 64 px, frozen random teacher, drop path on, augmentation on."""
-    config = load_config("tsr.py:demo")
+def tiny_config(data_root: str, spec: str = "tsr.py:demo", **changes):
+    """A TSR (or `spec`'s model) with a 4-stage 8-wide Swin at 64 px, frozen random teacher, drop path on,
+    augmentation on."""
+    config = load_config(spec)
     m = config.model
     m.embed_dim, m.depths, m.num_heads, m.window_size, m.safe_size = 8, (1, 1, 1, 1), (1, 1, 1, 1), 2, 64
     m.drop_path_rate = 0.2
     m.decoder_channels, m.head_channels = (32, 16, 8), (8, 8)
-    m.refiner_mid_channels, m.refiner_num_blocks = 8, 1
+    if m.family == "tsr":
+        m.refiner_mid_channels, m.refiner_num_blocks = 8, 1
     config.teacher.mode = "random"
     config.teacher.seed = 3
     config.data.synthetic_root = ""
@@ -449,3 +451,22 @@ def test_pretrained_teacher_is_reused_from_a_path_and_checked(pretrained_run, tm
     config.teacher.path = str(tmp_path / "wrong")
     with pytest.raises(ValueError, match="wrong"):
         Trainer(config, tmp_path / "mismatch")
+
+
+def test_twinswin_faithful_recipe_runs_and_drops_leftover_micro_batches(data_root, tmp_path):
+    # 8 images, batch 4: 2 micro-batches per epoch, 3 per update, so every epoch ends with a partial accumulation
+    changes = {"optim.accum_steps": 3, "train.steps": 4, "teacher.mode": "off"}  # the preset's teacher
+    config = tiny_config(data_root, "twinswin.py:faithful", **changes)
+    assert config.optim.drop_partial_accumulation and config.model.family == "twinswin"
+    trainer = Trainer(config, tmp_path)
+    initial = trainer.params()
+    losses = trainer.train()
+    assert int(trainer.state.opt.mini_step) == 0  # reset at the end of epoch 2
+    params = trainer.params()
+    trainer.close()
+    assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(t["total"]) for t in losses.values())
+    assert "feat" not in losses[1] and "refined/l1" not in losses[1]
+    # no update ever completed: 2 micro-batches per epoch never reach 3
+    for name, value in initial.items():
+        if "kernel" in name:
+            np.testing.assert_array_equal(params[name], value, err_msg=name)
