@@ -2,6 +2,7 @@
 teacher modes, logs, configs, bad training files."""
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -470,3 +471,55 @@ def test_twinswin_faithful_recipe_runs_and_drops_leftover_micro_batches(data_roo
     for name, value in initial.items():
         if "kernel" in name:
             np.testing.assert_array_equal(params[name], value, err_msg=name)
+
+
+def test_warm_start_from_backbone_weights_and_from_a_model(data_root, straight_run, tmp_path):
+    from flax import nnx
+
+    from jaxmatte.backbones.swin import SwinTransformer
+    from jaxmatte.pretrained import save_pretrained
+
+    config = tiny_config(data_root, **{"teacher.mode": "off"})
+    backbone_config = state.model_config(config).backbone
+    save_pretrained(SwinTransformer(backbone_config, rngs=nnx.Rngs(123)), backbone_config, tmp_path / "swin")
+    imagenet = {f"student.backbone.{k}": v for k, v in nnx_values(tmp_path / "swin").items()}
+
+    scratch = Trainer(config, tmp_path / "scratch").params()
+    warm = Trainer(
+        tiny_config(data_root, **{"teacher.mode": "off", "model.backbone_weights": str(tmp_path / "swin")}),
+        tmp_path / "warm",
+    ).params()
+    assert warm.keys() == scratch.keys() and set(imagenet) < set(warm)
+    for name, value in warm.items():
+        expected = imagenet.get(name, scratch[name])  # the backbone from the file, everything else as from scratch
+        np.testing.assert_array_equal(value, expected, err_msg=name)
+    assert not np.array_equal(
+        warm["student.backbone.patch_embed.proj.kernel"], scratch["student.backbone.patch_embed.proj.kernel"]
+    )
+
+    released = straight_run["workdir"] / "last"  # an exported TSR: student and refiner
+    tuned = Trainer(
+        tiny_config(data_root, **{"teacher.mode": "off", "model.init_from": str(released)}), tmp_path / "tuned"
+    ).params()
+    for name, value in nnx_values(released).items():
+        np.testing.assert_array_equal(tuned[name], value, err_msg=name)
+
+    wider = dataclasses.replace(backbone_config, embed_dim=16)
+    save_pretrained(SwinTransformer(wider, rngs=nnx.Rngs(0)), wider, tmp_path / "wider")
+    with pytest.raises(ValueError, match="wider"):
+        Trainer(tiny_config(data_root, **{"model.backbone_weights": str(tmp_path / "wider")}), tmp_path / "bad")
+    with pytest.raises(ValueError, match="port/convert.py swin"):
+        Trainer(tiny_config(data_root, **{"model.backbone_weights": str(released)}), tmp_path / "bad2")
+    # only a preset architecture (for which ImageNet weights exist) warns about a random backbone
+    assert state.customised_backbone(config) and not state.customised_backbone(load_config("tsr.py"))
+
+
+def nnx_values(directory):
+    """Dotted name -> numpy value of the parameters and statistics stored in a `save_pretrained` directory."""
+    from flax import nnx
+
+    from jaxmatte import load_pretrained
+
+    module = load_pretrained(directory)
+    flat = nnx.to_flat_state(nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat)))
+    return {".".join(map(str, path)): np.asarray(value.get_value()) for path, value in flat}

@@ -5,6 +5,9 @@ it. A workdir holds ``config.json``, ``checkpoints/`` (Orbax; the run resumes fr
 ``last/`` (`save_pretrained` directories that `load_pretrained` and predict.py read), the logs of
 `jaxmatte.train.logs` and ``samples/``.
 
+A fresh run starts from `model.backbone_weights` / `model.init_from` (`jaxmatte.train.warm_start`) and, with
+``teacher.mode="pretrained"``, trains its teacher first (`jaxmatte.train.teacher`).
+
 A step is one micro-batch; an optimizer update happens every `optim.accum_steps` steps. Validation runs at the end of
 every epoch (or every `train.val_every` steps) on the validation split: predictions are restored to each image's
 original size, quantised to uint8 and scored against the original ground truth with the DIS metrics.
@@ -37,6 +40,7 @@ from jaxmatte.train import teacher as teacher_lib
 from jaxmatte.train.checkpoint import RunCheckpoints, export, export_info
 from jaxmatte.train.logs import RunLog, append_csv, sample_grid
 from jaxmatte.train.mesh import data_mesh, replicate, shard_batch
+from jaxmatte.train.warm_start import warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +204,10 @@ class Trainer:
         self.model_config = train_state.model_config(config)
         model = train_state.build_model(config, self.model_config)
         self.checkpoints = RunCheckpoints(self.workdir, max_to_keep=int(config.train.max_to_keep))
-        if config.teacher.mode == "pretrained" and self.checkpoints.latest_step() is None:
-            self.prepare_teacher(model)
+        if self.checkpoints.latest_step() is None:
+            warm_start(model, config, customised_backbone=train_state.customised_backbone(config))
+            if config.teacher.mode == "pretrained":
+                self.prepare_teacher(model)
         self.tx = train_state.make_optimizer(config.optim, self.steps_per_epoch)
         self.spec = train_state.LossSpec.from_config(config)
         self.graphdef, state = train_state.init_state(model, self.tx)

@@ -58,6 +58,8 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.model.refiner_mid_channels = config_dict.placeholder(int)
     c.model.refiner_num_blocks = config_dict.placeholder(int)
     c.model.detach_coarse = False
+    c.model.backbone_weights = ""  # a Swin directory from `port/convert.py swin` (ImageNet weights) for a fresh run
+    c.model.init_from = ""  # a TwinSwin / TSR directory (release or export) whose student (+ refiner) start a fresh run
 
     c.teacher = ml_collections.ConfigDict()
     # off | random (torch-style init from `seed`, frozen) | pretrained (first trained to reconstruct masks, then
@@ -165,6 +167,12 @@ def model_config(config: ml_collections.ConfigDict) -> modeling.TwinSwinConfig:
         pretrained = config.teacher.mode == "pretrained"
         result = result.with_teacher(init_seed=int(config.teacher.seed), relu_outputs=pretrained)
     return result
+
+
+def customised_backbone(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config changes the preset's Swin architecture (for which no ImageNet weights exist)."""
+    m = config.model
+    return any(m[key] is not None for key in ("embed_dim", "depths", "num_heads", "window_size"))
 
 
 def compute_dtype(name: str) -> Any:
