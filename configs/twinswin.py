@@ -3,7 +3,7 @@ data, CPU), faithful (the original code's recipe: teacher off, leftover micro-ba
 non-finite updates skipped). The random frozen teacher that the original README describes is
 `--config.teacher.mode=random`."""
 
-from jaxmatte.train.state import base_config
+from jaxmatte.train.state import base_config, demo_settings
 
 VARIANTS = ("default", "demo", "faithful")
 
@@ -21,28 +21,5 @@ def get_config(arg=None):
         config.optim.drop_partial_accumulation = True
         config.optim.skip_nonfinite = True
     if variant == "demo":
-        m = config.model
-        m.preset = "tiny"
-        m.embed_dim = 24
-        m.depths = (1, 1, 2, 1)
-        m.num_heads = (1, 2, 4, 8)
-        m.window_size = 6
-        m.safe_size = 192
-        m.drop_path_rate = 0.0
-        m.decoder_channels = (64, 32, 16)
-        m.head_channels = (16, 8)
-        d = config.data
-        d.synthetic_root = "runs/data/synthetic"
-        d.size = 192
-        d.val_batch_size = 8
-        o = config.optim
-        o.lr = 1e-3
-        o.eta_min = 1e-5
-        o.batch_size = 8
-        o.accum_steps = 1
-        o.epochs = 12
-        config.teacher.steps = 600  # used with --config.teacher.mode=pretrained
-        config.train.compute_dtype = "float32"
-        config.train.log_every = 4
-        config.train.val_at_start = True
+        demo_settings(config)
     return config

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxmatte.data import write_synthetic_dis
+from jaxmatte.data.pipeline import make_dataset, make_iterator
 from jaxmatte.train import apply_override, load_config, state
 from jaxmatte.train.loop import Trainer
 
@@ -329,6 +330,8 @@ def test_drop_partial_accumulation_discards_leftover_micro_batches(data_root):
 
 def test_worker_processes_give_the_same_training(data_root, straight_run, tmp_path):
     trainer = Trainer(tiny_config(data_root, **{"data.workers": 2, "train.steps": 2}), tmp_path)
+    in_process = type(make_iterator(make_dataset(trainer.train_source, trainer.policy, train=True, batch_size=4)))
+    assert type(trainer.iterator) is not in_process  # the batches really come from worker processes
     losses = trainer.train()
     trainer.close()
     assert sorted(losses) == [1, 2]
@@ -394,7 +397,6 @@ def test_pretrained_teacher_learns_masks_then_is_frozen(data_root, pretrained_ru
 
     from jaxmatte import load_pretrained
     from jaxmatte.data import DISFolders
-    from jaxmatte.data.pipeline import make_dataset
     from jaxmatte.data.transforms import ResizePolicy
     from jaxmatte.models.tsr import modeling
 
