@@ -2,7 +2,7 @@
 faithful (default + the original's random frozen teacher with Feat weight 0.2, clamped refined probability, leftover
 micro-batches dropped at epoch ends and non-finite updates skipped)."""
 
-from jaxmatte.train.state import base_config, demo_settings
+from jaxmatte.models.tsr.recipe import demo_settings, tsr_config
 
 VARIANTS = ("default", "demo", "faithful")
 
@@ -11,7 +11,7 @@ def get_config(arg=None):
     variant = arg or "default"
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
-    config = base_config("tsr")
+    config = tsr_config("tsr")
     config.variant = variant
     if variant == "faithful":
         config.teacher.mode = "random"

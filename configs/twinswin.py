@@ -3,7 +3,7 @@ data, CPU), faithful (the original code's recipe: teacher off, leftover micro-ba
 non-finite updates skipped). The random frozen teacher that the original README describes is
 `--config.teacher.mode=random`."""
 
-from jaxmatte.train.state import base_config, demo_settings
+from jaxmatte.models.tsr.recipe import demo_settings, tsr_config
 
 VARIANTS = ("default", "demo", "faithful")
 
@@ -12,7 +12,7 @@ def get_config(arg=None):
     variant = arg or "default"
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
-    config = base_config("twinswin")
+    config = tsr_config("twinswin")
     config.variant = variant
     config.optim.batch_size = 16
     config.optim.accum_steps = 4

@@ -13,7 +13,7 @@ clamp's bounds, 0 at them), so gradients agree with autograd also at ties.
 
 TwinSwin / TSR (``tsr_twinswin.md`` §5): ``l1``, ``sobel_gradient``, ``ssim``, ``feature_alignment``, ``structure``,
 ``matting_loss``, ``twinswin_loss``, ``tsr_loss``. DINOv3 matting (``dinov3_matting.md`` §5): ``charbonnier``,
-``multiscale_gradient``, ``laplacian``, ``dinov3_matting_loss``.
+``multiscale_gradient``, ``laplacian``, ``boundary``, ``dinov3_matting_loss``.
 """
 
 from collections.abc import Sequence
@@ -28,6 +28,7 @@ __all__ = [
     "SOBEL_X",
     "SOBEL_Y",
     "LAPLACIAN",
+    "boundary",
     "charbonnier",
     "dinov3_matting_loss",
     "feature_alignment",
@@ -336,13 +337,49 @@ def dinov3_matting_loss(
     w_gradient: float = 0.5,
     w_laplacian: float = 0.1,
     use_charbonnier: bool = True,
+    w_boundary: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """DINOv3 matting total on probabilities (boundary and composition terms are off in that recipe and omitted).
+    """DINOv3 matting total on probabilities (the composition term is off in that recipe and omitted).
 
-    Terms ``charbonnier`` (or ``l1`` with ``use_charbonnier=False``), ``gradient``, ``laplacian``, ``total``.
+    Terms ``charbonnier`` (or ``l1`` with ``use_charbonnier=False``), ``gradient``, ``laplacian``, ``total``; with
+    ``w_boundary > 0`` also ``boundary`` (off by default, as in the original configuration).
     """
     pixel_name = "charbonnier" if use_charbonnier else "l1"
     pixel = charbonnier(prob, target) if use_charbonnier else l1(prob, target)
     terms = {pixel_name: pixel, "gradient": multiscale_gradient(prob, target), "laplacian": laplacian(prob, target)}
     total = w_charbonnier * pixel + w_gradient * terms["gradient"] + w_laplacian * terms["laplacian"]
+    if w_boundary > 0:
+        terms["boundary"] = boundary(prob, target)
+        total = total + w_boundary * terms["boundary"]
     return total, {**terms, "total": total}
+
+
+BOUNDARY_WEIGHT = 5.0
+BOUNDARY_THRESHOLD = 0.01
+
+
+def boundary(
+    pred: jax.Array,
+    target: jax.Array,
+    *,
+    weight: float = BOUNDARY_WEIGHT,
+    threshold: float = BOUNDARY_THRESHOLD,
+    kernel_size: int = 3,
+) -> jax.Array:
+    """mean smooth-L1(p, g) * (1 + weight * [local variance of g > threshold]) (DINOv3 matting, boundary-aware).
+
+    Local variance: box mean of g² minus the squared box mean of g over ``kernel_size``² windows with zero padding
+    (divisor ``kernel_size``² everywhere, as a normalised ones-kernel convolution). Smooth-L1 with beta 1. The mask
+    carries no gradient.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    pred, target = _pair(pred, target)
+    area = float(kernel_size * kernel_size)
+    mean = _box_sum(target, kernel_size) / area
+    variance = _box_sum(target * target, kernel_size) / area - mean * mean
+    mask = lax.stop_gradient((variance > threshold).astype(jnp.float32))
+    diff = pred - target
+    magnitude = _abs(diff)
+    smooth = jnp.where(magnitude < 1.0, 0.5 * diff * diff, magnitude - 0.5)
+    return jnp.mean(smooth * (1.0 + weight * mask))

@@ -1,21 +1,32 @@
-"""Model families by name: how a saved `config.json` turns back into a module."""
+"""Model families and systems by name.
+
+Two records, both filled from the families' own folders and never by the shared code:
+
+- a *model family* (`register`): the config dataclass and the module class, how a saved ``config.json`` turns back
+  into a module (backbones are model families too);
+- a *system* (`register_system`): a model family that trains, predicts and evaluates end to end. Its `System` says
+  everything the shared loop, predictor and evaluator need to know about it: output kind, loss, validation metrics and
+  the one that picks ``best/``, trainable parameters, and its hooks (model config, warm start, preparation, export).
+
+Families are found by importing the backbone modules and every package under `jaxmatte.models`; a family adds its
+folder and registers itself there.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _FAMILIES: dict[str, tuple[type, type]] = {}
-_FAMILY_MODULES = (
-    "jaxmatte.backbones.swin",
-    "jaxmatte.backbones.vit",
-    "jaxmatte.backbones.dinov3",
-    "jaxmatte.models.tsr.modeling",
-)
+_SYSTEMS: dict[str, System] = {}
+_BACKBONE_MODULES = ("jaxmatte.backbones.swin", "jaxmatte.backbones.vit", "jaxmatte.backbones.dinov3")
+OUTPUT_KINDS = ("alpha", "trimap")
+_discovered = False
 
 
 def register(name: str, config_cls: type) -> Callable[[type], type]:
@@ -29,14 +40,115 @@ def register(name: str, config_cls: type) -> Callable[[type], type]:
     return wrap
 
 
+def discover() -> None:
+    """Import the backbones and every family package under `jaxmatte.models` (each registers itself)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for module in _BACKBONE_MODULES:
+        importlib.import_module(module)
+    import jaxmatte.models as models
+
+    for info in pkgutil.iter_modules(models.__path__):
+        if info.ispkg:
+            importlib.import_module(f"{models.__name__}.{info.name}")
+
+
 def family(name: str) -> tuple[type, type]:
     """(config class, model class) of a registered family."""
     if name not in _FAMILIES:
-        for module in _FAMILY_MODULES:
-            importlib.import_module(module)
+        discover()
     if name not in _FAMILIES:
         raise KeyError(f"unknown model family {name!r}; known: {sorted(_FAMILIES)}")
     return _FAMILIES[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Systems
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    """What the shared training / prediction / evaluation code knows about a system (see the module docstring).
+
+    `make_loss(run_config)` returns a hashable callable ``loss(model, batch) -> (total, terms)`` (a static argument
+    of the jitted step). `infer(model, images)` is the eval-mode output the predictor and validation read (alpha:
+    (B, H, W, 1) in [0, 1]). `validation` names a suite of `jaxmatte.validation`; `best_metric` / `best_mode` pick
+    ``best/``. `trainable` is the nnx filter of the optimised parameters. Hooks (None: nothing to do):
+    `configure(model_config, run_config)` finishes the model config (e.g. adds a teacher), `warm_start(model,
+    run_config)` fills a fresh model from `model.backbone_weights` / `model.init_from`, `prepare(trainer, model)` runs
+    once before the first step of a fresh run, `export(model, model_config)` returns what ``best/`` and ``last/`` save.
+    `converters`: the `port/convert.py` kinds that write this family.
+    """
+
+    name: str
+    make_loss: Callable[[Any], Callable[..., Any]]
+    output: str = "alpha"
+    validation: str = "dis"
+    best_metric: str = "maxFm"
+    best_mode: str = "max"
+    infer: Callable[[Any, Any], Any] | None = None
+    trainable: Any = None
+    configure: Callable[[Any, Any], Any] | None = None
+    warm_start: Callable[[Any, Any], None] | None = None
+    prepare: Callable[[Any, Any], None] | None = None
+    export: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    converters: tuple[str, ...] = ()
+
+    @property
+    def config_cls(self) -> type:
+        return family(self.name)[0]
+
+    @property
+    def model_cls(self) -> type:
+        return family(self.name)[1]
+
+
+def register_system(system: System) -> System:
+    """Register `system` (its model family must be registered first); an incomplete record fails here."""
+    from jaxmatte import validation
+
+    problems = []
+    if system.name not in _FAMILIES:
+        problems.append("its model family is not registered (decorate the model with @register first)")
+    if not callable(system.make_loss):
+        problems.append("make_loss must be callable")
+    if system.output not in OUTPUT_KINDS:
+        problems.append(f"output must be one of {OUTPUT_KINDS}, got {system.output!r}")
+    suite = validation.SUITES.get(system.validation)
+    if suite is None:
+        problems.append(f"validation must be one of {sorted(validation.SUITES)}, got {system.validation!r}")
+    elif system.best_metric not in suite.metrics:
+        problems.append(f"best_metric {system.best_metric!r} is not a {system.validation} metric {suite.metrics}")
+    if system.best_mode not in ("min", "max"):
+        problems.append(f"best_mode must be 'min' or 'max', got {system.best_mode!r}")
+    if system.infer is None:
+        problems.append("infer (model, images) -> output is required")
+    for hook in ("configure", "warm_start", "prepare", "export"):
+        value = getattr(system, hook)
+        if value is not None and not callable(value):
+            problems.append(f"{hook} must be callable or None")
+    if system.name in _SYSTEMS and _SYSTEMS[system.name] != system:
+        problems.append("a different system is already registered under this name")
+    if problems:
+        raise ValueError(f"system {system.name!r} cannot be registered: " + "; ".join(problems))
+    _SYSTEMS[system.name] = system
+    return system
+
+
+def system(name: str) -> System:
+    """The registered system `name`; an unknown name is an error (never another family's defaults)."""
+    if name not in _SYSTEMS:
+        discover()
+    if name not in _SYSTEMS:
+        raise KeyError(f"unknown system {name!r}; known: {sorted(_SYSTEMS)}")
+    return _SYSTEMS[name]
+
+
+def systems() -> Mapping[str, System]:
+    discover()
+    return types.MappingProxyType(_SYSTEMS)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -2,40 +2,41 @@
 
     python port/convert.py KIND --src FILE --out DIR [options]
 
-Each KIND is a module in `port/` providing `add_arguments(parser)` and
-`convert(checkpoint, *, source, args) -> Converted`. `python port/convert.py KIND --help` lists its options.
+Every module of `port/` that declares ``CONVERTERS`` (a tuple of `port.converter.Converter`) adds its kinds;
+`python port/convert.py KIND --help` lists a kind's options.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flax import nnx  # noqa: E402
-
+import port  # noqa: E402
 from port import load  # noqa: E402
+from port.converter import Converted, Converter  # noqa: E402
 
-KINDS = {
-    "swin": ("port.swin", "timm Swin v1 (plain or features_only `layers_N` keys, Microsoft layout rejected)"),
-    "vit": ("port.vit", "MAE / plain ViT (timm or official MAE layout), optional SimpleClick windows"),
-    "dinov3": ("port.dinov3", "DINOv3 ViT (timm `Eva` or official Meta layout)"),
-    "tsr": ("port.tsr", "TSR-Matte student + refiner (release fp16, training checkpoint or state dict)"),
-    "twinswin": ("port.tsr", "TwinSwin-Matte student only (TwinSwin or TSR checkpoints; a refiner is dropped)"),
-}
+__all__ = ["Converted", "Converter", "build_parser", "converters", "main", "run"]
 
 
-@dataclass
-class Converted:
-    model: nnx.Module
-    config: Any
-    info: dict[str, Any] = field(default_factory=dict)
+def converters() -> dict[str, Converter]:
+    """Kind -> converter, from every `port` module's ``CONVERTERS``; a kind declared twice is an error."""
+    found: dict[str, Converter] = {}
+    for info in sorted(pkgutil.iter_modules(port.__path__), key=lambda i: i.name):
+        if info.name in ("convert", "converter"):
+            continue
+        module = importlib.import_module(f"port.{info.name}")
+        for converter in getattr(module, "CONVERTERS", ()):
+            if converter.kind in found:
+                raise RuntimeError(f"converter kind {converter.kind!r} is declared twice (port.{info.name})")
+            found[converter.kind] = converter
+    return found
 
 
 def timm_resized_checkpoint(src: Path, model_name: str, img_size: list[int] | None, window_size: int | None) -> Any:
@@ -56,33 +57,40 @@ def timm_resized_checkpoint(src: Path, model_name: str, img_size: list[int] | No
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="port/convert.py", description=__doc__.splitlines()[0])
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for kind, (module_name, help_text) in KINDS.items():
-        sub = kinds.add_parser(kind, help=help_text, description=help_text)
-        sub.add_argument("--src", type=Path, required=True, help="weights file: .safetensors, .pth, .pt, .bin")
+    for kind, converter in converters().items():
+        sub = kinds.add_parser(kind, help=converter.help, description=converter.help)
+        src_help = "weights file: .safetensors, .pth, .pt, .bin"
+        sub.add_argument("--src", type=Path, required=converter.needs_src, help=src_help)
         sub.add_argument("--out", type=Path, required=True, help="output directory")
-        resize = sub.add_argument_group("resizing with timm before conversion (needs the timm model name)")
-        resize.add_argument("--timm-model", help="timm architecture the file belongs to, e.g. vit_base_patch16_224")
-        resize.add_argument("--img-size", type=int, nargs="+", metavar="N", help="new input size: S or H W")
-        if kind == "swin":
-            resize.add_argument("--window-size", type=int, help="new window size")
-        importlib.import_module(module_name).add_arguments(sub)
+        if converter.timm_resizing:
+            resize = sub.add_argument_group("resizing with timm before conversion (needs the timm model name)")
+            resize.add_argument("--timm-model", help="timm architecture of the file, e.g. vit_base_patch16_224")
+            resize.add_argument("--img-size", type=int, nargs="+", metavar="N", help="new input size: S or H W")
+            if converter.window_size:
+                resize.add_argument("--window-size", type=int, help="new window size")
+        converter.add_arguments(sub)
     return parser
 
 
 def run(argv: list[str] | None = None) -> Converted:
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(KINDS[args.kind][0])
+    converter = converters()[args.kind]
+    timm_model = getattr(args, "timm_model", None)
+    img_size = getattr(args, "img_size", None)
     window_size = getattr(args, "window_size", None)
-    if args.timm_model:
-        checkpoint = timm_resized_checkpoint(args.src, args.timm_model, args.img_size, window_size)
-    elif args.img_size or window_size:
+    if timm_model:
+        checkpoint = timm_resized_checkpoint(args.src, timm_model, img_size, window_size)
+    elif img_size or window_size:
         raise SystemExit("--img-size/--window-size need --timm-model (timm does the resampling)")
+    elif args.src is None:
+        checkpoint = None
     else:
         checkpoint = load.read_checkpoint(args.src)
-    converted = module.convert(checkpoint, source=str(args.src), args=args)
+    source = str(args.src) if args.src is not None else ""
+    converted = converter.convert(checkpoint, source=source, args=args)
     from jaxmatte import save_pretrained
 
-    info = {"kind": args.kind, "source": args.src.name, **converted.info}
+    info = {"kind": args.kind, **({"source": args.src.name} if args.src else {}), **converted.info}
     save_pretrained(converted.model, converted.config, args.out, info=info)
     print(f"wrote {args.out} ({type(converted.model).__name__}, {converted.config})")
     return converted

@@ -33,6 +33,7 @@ import numpy as np
 from jaxmatte.backbones.dinov3 import PRESETS, DinoV3Config, rope_formula_periods
 from jaxmatte.pretrained import abstract_model
 from port import load
+from port.converter import Converted, Converter
 from port.table import PortError, Rule, Table, block_count, chain, conv, keys_matching, linear, norm, port
 
 KIND = "dinov3"
@@ -276,8 +277,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
-    from port.convert import Converted
-
     state_dict = backbone_state_dict(checkpoint, source=source)
     preset = getattr(args, "preset", None)
     config = DinoV3Config.preset(preset) if preset else None
@@ -287,3 +286,14 @@ def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
     if preset:
         info["preset"] = preset
     return Converted(model, config, info)
+
+
+CONVERTERS = (
+    Converter(
+        kind="dinov3",
+        help="DINOv3 ViT (timm `Eva` or official Meta layout)",
+        add_arguments=add_arguments,
+        convert=convert,
+        timm_resizing=True,
+    ),
+)

@@ -39,6 +39,7 @@ import numpy as np
 from jaxmatte import pretrained
 from jaxmatte.backbones.swin import PRESETS, SwinConfig
 from port import load
+from port.converter import Converted, Converter
 from port.table import PortError, Rule, Table, chain, conv, linear, linear_kernel, norm, port
 
 KIND = "swin"
@@ -268,8 +269,6 @@ def convert_state_dict(
 
 def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
     """`port/convert.py swin` entry point."""
-    from port.convert import Converted
-
     state_dict = load.unwrap_state_dict(checkpoint, source=source)
     _, layout = prepare_state_dict(state_dict)
     config = PRESETS[args.preset] if args.preset else None
@@ -289,3 +288,14 @@ def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
         "std": list(IMAGENET_STD),
     }
     return Converted(model, config, info)
+
+
+CONVERTERS = (
+    Converter(
+        kind="swin",
+        help="timm Swin v1 (plain or features_only `layers_N` keys, Microsoft layout rejected)",
+        add_arguments=add_arguments,
+        convert=convert,
+        timm_resizing=True, window_size=True,
+    ),
+)

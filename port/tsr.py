@@ -44,6 +44,7 @@ from jaxmatte.models.tsr.modeling import (
 )
 from port import load
 from port import swin as port_swin
+from port.converter import Converted, Converter
 from port.table import PortError, Rule, Table, batch_norm, block_count, chain, conv, norm, port
 
 KINDS = ("tsr", "twinswin")
@@ -368,8 +369,6 @@ def postprocessing(kind: str) -> dict[str, Any]:
 
 def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
     """`port/convert.py tsr|twinswin` entry point."""
-    from port.convert import Converted
-
     kind = args.kind
     parts = split_checkpoint(checkpoint, source=source)
     dropped = [
@@ -404,3 +403,19 @@ def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
         "postprocess": postprocessing(kind),
     }
     return Converted(model, config, info)
+
+
+CONVERTERS = (
+    Converter(
+        kind="tsr",
+        help="TSR-Matte student + refiner (release fp16, training checkpoint or state dict)",
+        add_arguments=add_arguments,
+        convert=convert,
+    ),
+    Converter(
+        kind="twinswin",
+        help="TwinSwin-Matte student only (TwinSwin or TSR checkpoints; a refiner is dropped)",
+        add_arguments=add_arguments,
+        convert=convert,
+    ),
+)

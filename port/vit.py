@@ -38,6 +38,7 @@ import numpy as np
 from jaxmatte import pretrained
 from jaxmatte.backbones.vit import PRESETS, ViTConfig
 from port import load
+from port.converter import Converted, Converter
 from port.table import PortError, Rule, Table, block_count, chain, conv, linear, norm, port
 
 KIND = "vit"
@@ -277,8 +278,6 @@ def config_from_args(state_dict: Mapping[str, np.ndarray], args: argparse.Namesp
 
 
 def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
-    from port.convert import Converted
-
     state_dict = prepare_state_dict(load.unwrap_state_dict(checkpoint, source=source))
     resampled = {}
     if args.pos_grid:
@@ -303,3 +302,14 @@ def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
         **resampled,
     }
     return Converted(model, config, info)
+
+
+CONVERTERS = (
+    Converter(
+        kind="vit",
+        help="MAE / plain ViT (timm or official MAE layout), optional SimpleClick windows",
+        add_arguments=add_arguments,
+        convert=convert,
+        timm_resizing=True,
+    ),
+)

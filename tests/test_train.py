@@ -28,11 +28,12 @@ def tiny_config(data_root: str, spec: str = "tsr.py:demo", **changes):
     augmentation on."""
     config = load_config(spec)
     m = config.model
-    m.embed_dim, m.depths, m.num_heads, m.window_size, m.safe_size = 8, (1, 1, 1, 1), (1, 1, 1, 1), 2, 64
-    m.drop_path_rate = 0.2
+    b = m.backbone
+    b.embed_dim, b.depths, b.num_heads, b.window_size, m.safe_size = 8, (1, 1, 1, 1), (1, 1, 1, 1), 2, 64
+    b.drop_path_rate = 0.2
     m.decoder_channels, m.head_channels = (32, 16, 8), (8, 8)
     if m.family == "tsr":
-        m.refiner_mid_channels, m.refiner_num_blocks = 8, 1
+        m.refiner.mid_channels, m.refiner.num_blocks = 8, 1
     config.teacher.mode = "random"
     config.teacher.seed = 3
     config.data.synthetic_root = ""
@@ -110,10 +111,10 @@ def test_teacher_off_has_no_alignment_term(data_root):
     assert arch.teacher is None
     model = state.build_model(config, arch)
     model.eval()  # nothing to mutate under eval_shape
-    spec = state.LossSpec.from_config(config)
+    spec = state.make_loss(config)
     assert spec.w_feat == 0.0
     image, mask = jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64, 1))
-    terms = jax.eval_shape(lambda: state.compute_loss(spec, model, model(image), mask)[1])
+    terms = jax.eval_shape(lambda: state.compute_loss(spec, model, {"image": image, "mask": mask})[1])
     assert "feat" not in terms and "refined/l1" in terms
 
 
@@ -123,7 +124,7 @@ def test_training_outputs(straight_run):
         meta = json.loads((workdir / name / "config.json").read_text())
         info = meta["info"]
         assert meta["family"] == "tsr" and meta["config"]["teacher"] is None
-        assert info["preprocess"]["resize_policy"] == "letterbox" and info["preprocess"]["input_size"] == [64, 64]
+        assert info["preprocessing"]["resize"] == "letterbox" and info["preprocessing"]["size"] == 64
         assert info["step"] == STEPS and "maxFm" in info["val"] and info["trained_by"] == "jaxmatte"
     from jaxmatte import load_pretrained
 
@@ -194,8 +195,8 @@ def test_config_variants_overrides_and_names():
     assert default.data.train_roots == ["DIS5K/DIS-TR"] and default.data.val_roots == ["DIS5K/DIS-VD"]
     assert (default.optim.batch_size, default.optim.accum_steps, default.optim.epochs) == (2, 4, 70)
     assert (default.optim.lr, default.optim.weight_decay, default.data.policy) == (1e-4, 1e-4, "letterbox")
-    demo = load_config("tsr.py:demo", ["optim.lr=3e-4", "model.depths=[1, 1, 1, 1]", "data.policy=stretch"])
-    assert demo.variant == "demo" and demo.optim.lr == 3e-4 and demo.model.depths == (1, 1, 1, 1)
+    demo = load_config("tsr.py:demo", ["optim.lr=3e-4", "model.backbone.depths=[1, 1, 1, 1]", "data.policy=stretch"])
+    assert demo.variant == "demo" and demo.optim.lr == 3e-4 and demo.model.backbone.depths == (1, 1, 1, 1)
     assert demo.data.policy == "stretch"
     faithful = load_config("tsr:faithful")
     assert faithful.teacher.mode == "random" and faithful.optim.drop_partial_accumulation
@@ -289,7 +290,7 @@ def test_gradient_accumulation_equals_the_whole_batch(data_root):
     micro = tiny_config(data_root, **base, **{"optim.accum_steps": 2, "optim.batch_size": 2})
     batch = random_batch(0, 4)
     halves = [{k: v[:2] for k, v in batch.items()}, {k: v[2:] for k, v in batch.items()}]
-    spec = state.LossSpec.from_config(whole)
+    spec = state.make_loss(whole)
 
     graphdef, tx, reference = eval_mode_state(whole)
     initial = copy_state(reference.params)
@@ -312,7 +313,7 @@ def test_drop_partial_accumulation_discards_leftover_micro_batches(data_root):
     import jax
 
     config = tiny_config(data_root, **{"teacher.mode": "off", "optim.accum_steps": 3, "optim.batch_size": 2})
-    spec = state.LossSpec.from_config(config)
+    spec = state.make_loss(config)
     batches = [random_batch(seed, 2) for seed in range(5)]
     graphdef, tx, fresh = eval_mode_state(config)
     _, _, dropped = eval_mode_state(config)

@@ -590,7 +590,7 @@ def test_calibrating_frozen_batchnorm_matches_torch_train_mode():
 
 
 def test_teacher_readout_depth_to_space_is_pixel_shuffle():
-    from jaxmatte.train.teacher import depth_to_space
+    from jaxmatte.models.tsr.teacher import depth_to_space
 
     x = np.random.default_rng(1).standard_normal((2, 3, 4, 64)).astype(np.float32)
     expected = torch.nn.functional.pixel_shuffle(torch.from_numpy(x).permute(0, 3, 1, 2), 8).permute(0, 2, 3, 1)

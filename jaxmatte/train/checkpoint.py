@@ -7,7 +7,6 @@ position and a JSON record (step, best validation value). PRNG key arrays are st
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxmatte import registry
+from jaxmatte.preprocessing import KEY as PREPROCESSING_KEY
+from jaxmatte.preprocessing import Preprocessing
 from jaxmatte.pretrained import save_pretrained
 
 CHECKPOINTS = "checkpoints"
@@ -79,20 +81,22 @@ class RunCheckpoints:
         self.manager.close()
 
 
+def run_preprocessing(config: Any) -> Preprocessing:
+    """The preprocessing record of a run: what its data pipeline fed the model, and rounding of the outputs."""
+    data = config.data
+    return Preprocessing(
+        resize=str(data.policy),
+        size=int(data.size),
+        resample=str(data.resample),
+        mask_resample=str(data.mask_resample),
+    )
+
+
 def export_info(config: Any, step: int, val: dict[str, float] | None) -> dict[str, Any]:
     """The `info` block of an exported directory (what `predict.py` reads)."""
-    from jaxmatte.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    size = int(config.data.size)
     return {
-        "preprocess": {
-            "resize_policy": str(config.data.policy),
-            "input_size": [size, size],
-            "mean": [float(v) for v in IMAGENET_MEAN],
-            "std": [float(v) for v in IMAGENET_STD],
-            "interpolation": "cv2.INTER_LINEAR",
-        },
-        "postprocess": {"resize_to_original": "cv2.INTER_LINEAR", "quantization": "x255, round to nearest uint8"},
+        PREPROCESSING_KEY: run_preprocessing(config).to_dict(),
+        "output": registry.system(config.model.family).output,
         "trained_by": "jaxmatte",
         "step": int(step),
         "val": {k: float(v) for k, v in (val or {}).items()},
@@ -100,8 +104,8 @@ def export_info(config: Any, step: int, val: dict[str, float] | None) -> dict[st
 
 
 def export(model: Any, model_config: Any, directory: str | Path, info: dict[str, Any]) -> Path:
-    """`save_pretrained` of the model without its teacher (a training aid only) plus `info`."""
-    if getattr(model, "teacher", None) is not None:
-        model.teacher = None
-        model_config = dataclasses.replace(model_config, teacher=None)
+    """`save_pretrained` of what the system exports (e.g. TSR without its teacher, a training aid only) plus `info`."""
+    hook = registry.system(model.family).export
+    if hook is not None:
+        model, model_config = hook(model, model_config)
     return save_pretrained(model, model_config, directory, info=info)

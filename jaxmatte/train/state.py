@@ -1,15 +1,14 @@
-"""Run configuration skeleton, model construction, the optimizer and the jitted train / eval steps.
+"""Model construction, the optimizer and the jitted train / eval steps, for any registered system.
 
-The train state is a plain pytree ``TrainState(params, rest, opt)``: `params` are the trainable parameters
-(`TRAINABLE`: every `nnx.Param` outside the teacher), `rest` everything else of the model (teacher, BatchNorm
-statistics, drop-path RNG streams), `opt` the optax state. Steps are module-level `jax.jit` functions with the
-model's graph definition, the optax transformation and a `LossSpec` as static arguments, so two trainers with the same
-configuration share one compilation.
+The train state is a plain pytree ``TrainState(params, rest, opt)``: `params` are the trainable parameters (the
+system's `trainable` filter; every `nnx.Param` by default), `rest` everything else of the model (frozen parts,
+BatchNorm statistics, drop-path RNG streams), `opt` the optax state. Steps are module-level `jax.jit` functions with
+the model's graph definition, the optax transformation and the system's loss object as static arguments, so two
+trainers with the same configuration share one compilation.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -19,198 +18,30 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
-from ml_collections import config_dict
 
-from jaxmatte import losses
-from jaxmatte.models.tsr import modeling
+from jaxmatte import registry
+from jaxmatte.train.config import base_config, customised_backbone, model_config
 
-TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher")))
-FAMILIES = {
-    "tsr": (modeling.TSRConfig, modeling.TSRMatte),
-    "twinswin": (modeling.TwinSwinConfig, modeling.TwinSwinMatte),
-}
-TEACHER_MODES = ("off", "random", "pretrained")
-
-
-def base_config(family: str) -> ml_collections.ConfigDict:
-    """Every field a run understands, with the real DIS5K recipe's values; configs/*.py change what they need.
-
-    Model fields left None take the preset's value.
-    """
-    if family not in FAMILIES:
-        raise KeyError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
-    c = ml_collections.ConfigDict()
-    c.name = family
-    c.variant = "default"
-    c.seed = 0
-
-    c.model = ml_collections.ConfigDict()
-    c.model.family = family
-    c.model.preset = "base"
-    c.model.safe_size = config_dict.placeholder(int)
-    c.model.drop_path_rate = config_dict.placeholder(float)
-    c.model.embed_dim = config_dict.placeholder(int)
-    c.model.depths = config_dict.placeholder(tuple)
-    c.model.num_heads = config_dict.placeholder(tuple)
-    c.model.window_size = config_dict.placeholder(int)
-    c.model.decoder_channels = config_dict.placeholder(tuple)
-    c.model.head_channels = config_dict.placeholder(tuple)
-    c.model.refiner_mid_channels = config_dict.placeholder(int)
-    c.model.refiner_num_blocks = config_dict.placeholder(int)
-    c.model.detach_coarse = False
-    c.model.backbone_weights = ""  # a Swin directory from `port/convert.py swin` (ImageNet weights) for a fresh run
-    c.model.init_from = ""  # a TwinSwin / TSR directory (release or export) whose student (+ refiner) start a fresh run
-
-    c.teacher = ml_collections.ConfigDict()
-    # off | random (torch-style init from `seed`, frozen) | pretrained (first trained to reconstruct masks, then
-    # frozen; jaxmatte/train/teacher.py)
-    c.teacher.mode = "off"
-    c.teacher.seed = 0
-    c.teacher.weight = 0.2
-    c.teacher.path = ""  # pretrained: reuse this saved teacher directory instead of training one
-    c.teacher.steps = 2000
-    c.teacher.batch_size = 8
-    c.teacher.lr = 3e-3
-    c.teacher.weight_decay = 1e-4
-
-    c.loss = ml_collections.ConfigDict()
-    c.loss.w_l1 = 1.0
-    c.loss.w_grad = 1.0
-    c.loss.w_ssim = 0.5
-    c.loss.clamp_refined = False
-    c.loss.mode = "matting"  # twinswin only: matting | locator
-
-    c.data = ml_collections.ConfigDict()
-    c.data.train_roots = ["DIS5K/DIS-TR"]
-    c.data.val_roots = ["DIS5K/DIS-VD"]
-    c.data.synthetic_root = ""  # non-empty: write synthetic data there and train / validate on it
-    c.data.synthetic_train = 96
-    c.data.synthetic_val = 16
-    c.data.synthetic_size = (192, 320)
-    c.data.size = 1024
-    c.data.policy = "letterbox"
-    c.data.augment = True
-    c.data.workers = 0
-    c.data.val_batch_size = 1
-    c.data.val_limit = 0  # > 0: validate on the first n images only
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-4
-    c.optim.eta_min = 1e-6
-    c.optim.warmup_epochs = 0
-    c.optim.weight_decay = 1e-4
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.clip_norm = 1.0
-    c.optim.epochs = 70
-    c.optim.batch_size = 2
-    c.optim.accum_steps = 4
-    c.optim.skip_nonfinite = False
-    c.optim.drop_partial_accumulation = False  # True: discard leftover micro-batches at each epoch end (the original)
-
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 0  # > 0: stop after this many micro-batches instead of `optim.epochs` epochs
-    c.train.compute_dtype = "auto"  # auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
-    c.train.log_every = 10
-    c.train.val_every = 0  # micro-batches between validations; 0: every epoch
-    c.train.val_at_start = False
-    c.train.checkpoint_every = 0  # micro-batches between checkpoints; 0: every epoch
-    c.train.max_to_keep = 2
-    c.train.best_metric = "maxFm"
-    c.train.best_mode = "max"
-    c.train.sample_count = 4  # validation images in the samples PNG
-    c.train.progress = True
-    return c
-
-
-def demo_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The `demo` variant of both families: a small model on synthetic DIS-style data, a few minutes on two CPU cores
-    (jit compile included)."""
-    m = config.model
-    m.preset = "tiny"
-    m.embed_dim = 24
-    m.depths = (1, 1, 2, 1)
-    m.num_heads = (1, 2, 4, 8)
-    m.window_size = 6
-    m.safe_size = 192
-    m.drop_path_rate = 0.0
-    m.decoder_channels = (64, 32, 16)
-    m.head_channels = (16, 8)
-    if m.family == "tsr":
-        m.refiner_mid_channels = 16
-        m.refiner_num_blocks = 1
-    d = config.data
-    d.synthetic_root = "runs/data/synthetic"
-    d.synthetic_train = 96
-    d.synthetic_val = 16
-    d.size = 192
-    d.val_batch_size = 8
-    o = config.optim
-    o.lr = 1e-3
-    o.eta_min = 1e-5
-    o.weight_decay = 1e-4
-    o.batch_size = 8
-    o.accum_steps = 1
-    o.epochs = 12
-    o.warmup_epochs = 0
-    config.teacher.steps = 600  # used with --config.teacher.mode=pretrained
-    t = config.train
-    t.compute_dtype = "float32"
-    t.log_every = 4
-    t.val_at_start = True
-    return config
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Model
-
-
-def model_config(config: ml_collections.ConfigDict) -> modeling.TwinSwinConfig:
-    """The frozen model config of a run: preset, then the non-None overrides, then the teacher."""
-    m = config.model
-    config_cls, _ = FAMILIES[m.family]
-    base = config_cls.preset(m.preset)
-    backbone = {
-        key: value
-        for key, value in {
-            "embed_dim": m.embed_dim,
-            "depths": m.depths,
-            "num_heads": m.num_heads,
-            "window_size": m.window_size,
-            "drop_path_rate": m.drop_path_rate,
-        }.items()
-        if value is not None
-    }
-    backbone = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in backbone.items()}
-    overrides: dict[str, Any] = {
-        "backbone": dataclasses.replace(base.backbone, **backbone),
-        "img_size": config.data.size,
-    }
-    for key in ("safe_size", "decoder_channels", "head_channels"):
-        value = m[key]
-        if value is not None:
-            overrides[key] = tuple(value) if isinstance(value, list | tuple) else value
-    if m.family == "tsr":
-        refiner = {"mid_channels": m.refiner_mid_channels, "num_blocks": m.refiner_num_blocks}
-        refiner = {k: v for k, v in refiner.items() if v is not None}
-        overrides["refiner"] = dataclasses.replace(base.refiner, **refiner)
-        overrides["detach_coarse"] = bool(m.detach_coarse)
-    result = dataclasses.replace(base, **overrides)
-    if config.teacher.mode not in TEACHER_MODES:
-        raise ValueError(f"teacher.mode must be one of {TEACHER_MODES}, got {config.teacher.mode!r}")
-    if config.teacher.path and config.teacher.mode != "pretrained":
-        raise ValueError(f"teacher.path is only read with teacher.mode='pretrained' (mode is {config.teacher.mode!r})")
-    if config.teacher.mode != "off":
-        pretrained = config.teacher.mode == "pretrained"
-        result = result.with_teacher(init_seed=int(config.teacher.seed), relu_outputs=pretrained)
-    return result
-
-
-def customised_backbone(config: ml_collections.ConfigDict) -> bool:
-    """Whether the config changes the preset's Swin architecture (for which no ImageNet weights exist)."""
-    m = config.model
-    return any(m[key] is not None for key in ("embed_dim", "depths", "num_heads", "window_size"))
+__all__ = [
+    "TrainState",
+    "base_config",
+    "build_model",
+    "compute_dtype",
+    "compute_loss",
+    "customised_backbone",
+    "drop_partial_accumulation",
+    "epoch_schedule",
+    "eval_graphdef",
+    "init_state",
+    "learning_rate",
+    "make_loss",
+    "make_optimizer",
+    "merged_model",
+    "model_config",
+    "predict_step",
+    "split_model",
+    "train_step",
+]
 
 
 def compute_dtype(name: str) -> Any:
@@ -221,9 +52,9 @@ def compute_dtype(name: str) -> Any:
     return jnp.dtype(name)
 
 
-def build_model(config: ml_collections.ConfigDict, arch: modeling.TwinSwinConfig) -> nnx.Module:
+def build_model(config: ml_collections.ConfigDict, arch: Any) -> nnx.Module:
     """The model in training mode: fp32 parameters, compute in `train.compute_dtype`."""
-    _, model_cls = FAMILIES[config.model.family]
+    model_cls = registry.system(config.model.family).model_cls
     model = model_cls(
         arch,
         rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
@@ -231,6 +62,11 @@ def build_model(config: ml_collections.ConfigDict, arch: modeling.TwinSwinConfig
     )
     model.train()
     return model
+
+
+def make_loss(config: ml_collections.ConfigDict) -> Any:
+    """The system's loss object for this run: ``loss(model, batch) -> (total, terms)``, hashable."""
+    return registry.system(config.model.family).make_loss(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -344,30 +180,15 @@ class TrainState(NamedTuple):
     opt: Any
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSpec:
-    """Static loss settings of a step."""
-
-    family: str
-    w_l1: float
-    w_grad: float
-    w_ssim: float
-    w_feat: float
-    clamp_refined: bool
-    mode: str
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> LossSpec:
-        w_feat = float(config.teacher.weight) if config.teacher.mode != "off" else 0.0
-        loss = config.loss
-        return cls(
-            config.model.family, loss.w_l1, loss.w_grad, loss.w_ssim, w_feat, bool(loss.clamp_refined), loss.mode
-        )
+def trainable_filter(model: nnx.Module) -> Any:
+    """The nnx filter of the parameters the optimizer updates (the system's `trainable`, else every Param)."""
+    hook = registry.system(model.family).trainable
+    return nnx.Param if hook is None else hook(model)
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     """(graphdef, trainable params, everything else)."""
-    return nnx.split(model, TRAINABLE, ...)
+    return nnx.split(model, trainable_filter(model), ...)
 
 
 def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
@@ -375,33 +196,18 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx
     return graphdef, TrainState(params, rest, tx.init(params))
 
 
-def compute_loss(spec: LossSpec, model: nnx.Module, output: Any, mask: jax.Array):
-    student_feats = teacher_feats = None
-    if spec.w_feat:
-        student_feats = (output.d1, output.d2)
-        teacher_feats = model.teacher_features(mask)
-    weights = {"w_l1": spec.w_l1, "w_grad": spec.w_grad, "w_ssim": spec.w_ssim, "w_feat": spec.w_feat}
-    if spec.family == "tsr":
-        return losses.tsr_loss(
-            output.coarse_logits,
-            output.refined_logits,
-            mask,
-            student_feats,
-            teacher_feats,
-            clamp_refined=spec.clamp_refined,
-            **weights,
-        )
-    return losses.twinswin_loss(output.logits, mask, student_feats, teacher_feats, mode=spec.mode, **weights)
+def compute_loss(loss: Any, model: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(total, terms) of `model` on `batch` under the system's `loss`."""
+    return loss(model, batch)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
-def train_step(graphdef, tx, spec: LossSpec, state: TrainState, batch: dict[str, jax.Array]):
+def train_step(graphdef, tx, loss: Any, state: TrainState, batch: dict[str, jax.Array]):
     """One micro-batch: loss, gradients of the trainable parameters, optax update. Returns (state, terms)."""
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.rest, copy=True)
-        output = model(batch["image"])
-        total, terms = compute_loss(spec, model, output, batch["mask"])
+        total, terms = compute_loss(loss, model, batch)
         _, _, rest = split_model(model)
         return total, (terms, rest)
 
@@ -414,8 +220,9 @@ def train_step(graphdef, tx, spec: LossSpec, state: TrainState, batch: dict[str,
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def predict_step(eval_graphdef, params, rest, images):
-    """Alpha (B, H, W, 1) float32 of the model in eval mode."""
-    return nnx.merge(eval_graphdef, params, rest)(images).alpha
+    """The system's output (`System.infer`, e.g. alpha (B, H, W, 1) float32) of the model in eval mode."""
+    model = nnx.merge(eval_graphdef, params, rest)
+    return registry.system(model.family).infer(model, images)
 
 
 def eval_graphdef(graphdef: nnx.GraphDef, state: TrainState) -> nnx.GraphDef:

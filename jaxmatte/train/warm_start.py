@@ -1,28 +1,27 @@
-"""Initial weights of a fresh run.
+"""Initial weights of a fresh run: the shared machinery behind each system's `warm_start` hook.
 
-- `model.backbone_weights`: a Swin directory written by ``python port/convert.py swin`` fills the student's backbone
-  (e.g. timm's ``swin_base_patch4_window7_224.ms_in22k_ft_in1k``, which the original recipe starts from).
-- `model.init_from`: a TwinSwin / TSR directory (a converted release or a jaxmatte export such as ``runs/x/best``)
-  fills the student and, when both sides have one, the refiner; for fine-tuning.
-
-Every parameter and BatchNorm statistic of the filled part must be found with its shape; entries the source has in
-addition (e.g. a final norm) are ignored and logged. A resumed run takes its weights from its checkpoint instead.
+`model.backbone_weights` names a converted backbone directory (e.g. ImageNet Swin, DINOv3), `model.init_from` a
+directory of the same system (a converted release or an export such as ``runs/x/best``); what each fills is the
+system's business (`jaxmatte.registry.System.warm_start`). Every parameter and BatchNorm statistic of the filled part
+must be found with its shape; entries the source has in addition (e.g. a final norm) are ignored and logged. A resumed
+run takes its weights from its checkpoint instead.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from flax import nnx
 
+from jaxmatte import registry
 from jaxmatte.pretrained import load_pretrained, read_config
 
 logger = logging.getLogger(__name__)
 
 STORED = nnx.Any(nnx.Param, nnx.BatchStat)
-MODEL_FAMILIES = ("tsr", "twinswin")
 
 
 def _flat(module: nnx.Module) -> dict[tuple[Any, ...], Any]:
@@ -46,47 +45,30 @@ def copy_matching(target: nnx.Module, source: nnx.Module, origin: str) -> list[s
     return sorted(".".join(map(str, path)) for path in set(found) - set(wanted))
 
 
-def load_backbone(model: nnx.Module, directory: str | Path) -> None:
-    """Fill `model.student.backbone` from a converted Swin directory."""
+def load_directory(directory: str | Path, families: Sequence[str], setting: str, hint: str = "") -> nnx.Module:
+    """The model saved in `directory`, which must be one of `families` (else a clear error naming `setting`)."""
     family, _, _ = read_config(directory)
-    if family != "swin":
-        raise ValueError(
-            f"{directory}: holds a {family!r} model; model.backbone_weights needs a Swin converted with "
-            "`python port/convert.py swin`"
-        )
-    unused = copy_matching(model.student.backbone, load_pretrained(directory), f"{directory} (backbone)")
-    logger.info("backbone initialised from %s%s", directory, f"; unused: {', '.join(unused)}" if unused else "")
+    if family not in families:
+        wanted = " or ".join(repr(f) for f in families)
+        raise ValueError(f"{directory}: holds a {family!r} model; {setting} needs a {wanted} model{hint}")
+    return load_pretrained(directory)
 
 
-def load_model(model: nnx.Module, directory: str | Path) -> None:
-    """Fill the student (and the refiner where both models have one) from a TwinSwin / TSR directory."""
-    family, _, _ = read_config(directory)
-    if family not in MODEL_FAMILIES:
-        raise ValueError(f"{directory}: holds a {family!r} model; model.init_from needs one of {MODEL_FAMILIES}")
-    source = load_pretrained(directory)
-    copy_matching(model.student, source.student, f"{directory} (student)")
-    parts = ["student"]
-    if getattr(model, "refiner", None) is not None:
-        if getattr(source, "refiner", None) is None:
-            logger.warning("%s has no refiner: the refiner starts from random weights", directory)
-        else:
-            copy_matching(model.refiner, source.refiner, f"{directory} (refiner)")
-            parts.append("refiner")
-    logger.info("%s initialised from %s", " and ".join(parts), directory)
+def fill_part(target: nnx.Module, directory: str | Path, source: nnx.Module, part: str) -> None:
+    """`copy_matching` with a log line naming the part and the unused source entries."""
+    unused = copy_matching(target, source, f"{directory} ({part})")
+    logger.info("%s initialised from %s%s", part, directory, f"; unused: {', '.join(unused)}" if unused else "")
 
 
-def warm_start(model: nnx.Module, config: Any, *, customised_backbone: bool) -> None:
-    """Apply `model.backbone_weights` / `model.init_from` of `config` to a freshly built `model`."""
+def warm_start(model: nnx.Module, config: Any) -> None:
+    """Apply `model.backbone_weights` / `model.init_from` of `config` to a freshly built `model` (system hook)."""
+    family = config.model.family
     backbone, init_from = config.model.backbone_weights, config.model.init_from
     if backbone and init_from:
         raise ValueError("set model.backbone_weights or model.init_from, not both (init_from fills the backbone too)")
-    if init_from:
-        load_model(model, init_from)
-    elif backbone:
-        load_backbone(model, backbone)
-    elif not customised_backbone:
-        logger.warning(
-            "model.backbone_weights is not set: the %s Swin backbone starts from random weights. The original recipe "
-            "starts from ImageNet weights (convert them with `python port/convert.py swin`).",
-            config.model.preset,
-        )
+    hook = registry.system(family).warm_start
+    if hook is None:
+        if backbone or init_from:
+            raise ValueError(f"the {family} system takes no model.backbone_weights / model.init_from")
+        return
+    hook(model, config)

@@ -30,15 +30,12 @@ from flax import nnx
 
 from jaxmatte.backbones.swin import PRESETS as SWIN_PRESETS
 from jaxmatte.backbones.swin import SwinConfig, SwinTransformer
-from jaxmatte.ops import resize_bilinear, resize_nearest, torch_bias_init, torch_kernel_init
+from jaxmatte.layers import ConvBN, FrozenBatchNorm, batch_norm, conv
+from jaxmatte.ops import resize_bilinear, resize_nearest
 from jaxmatte.registry import register
 
 Dtype = Any
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-BN_EPS = 1e-5
-BN_MOMENTUM = 0.9  # Flax convention: PyTorch's momentum 0.1
 GN_EPS = 1e-5
 DROP_PATH_RATE = 0.1  # timm's default for the Swin backbone, active in the original training
 # preset -> (Swin preset, safe size): every stage grid at the safe size is a multiple of the window.
@@ -166,110 +163,9 @@ TSR_PRESETS: dict[str, TSRConfig] = {name: TSRConfig.preset(name) for name in BA
 # Layers
 
 
-def conv(
-    in_features: int,
-    out_features: int,
-    kernel: int,
-    *,
-    stride: int = 1,
-    padding: int = 0,
-    dilation: int = 1,
-    bias: bool,
-    dtype: Dtype,
-    param_dtype: Dtype,
-    rngs: nnx.Rngs,
-) -> nnx.Conv:
-    """`nn.Conv2d` with explicit symmetric padding and PyTorch's default initial distributions."""
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel, kernel),
-        strides=stride,
-        padding=((padding, padding), (padding, padding)),
-        kernel_dilation=dilation,
-        use_bias=bias,
-        kernel_init=torch_kernel_init,
-        bias_init=torch_bias_init(in_features * kernel * kernel),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
-
-
-def batch_norm(features: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """`nn.BatchNorm2d` defaults; running averages after `eval()`, batch statistics after `train()`."""
-    return nnx.BatchNorm(
-        features,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPS,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
-
-
-class FrozenBatchNorm(nnx.Module):
-    """BatchNorm that normalises with its stored statistics (unaffected by `train()`); float32 arithmetic.
-
-    While `calibrating` (set only by the teacher's mask pretraining) it normalises with the batch statistics and
-    updates the stored ones as PyTorch does (momentum 0.1, unbiased variance).
-    """
-
-    def __init__(self, features: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs | None = None):
-        del rngs
-        self.dtype = dtype
-        self.calibrating = False
-        self.scale = nnx.Param(jnp.ones((features,), param_dtype))
-        self.bias = nnx.Param(jnp.zeros((features,), param_dtype))
-        self.mean = nnx.BatchStat(jnp.zeros((features,), param_dtype))
-        self.var = nnx.BatchStat(jnp.ones((features,), param_dtype))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        f32 = jnp.float32
-        x32 = x.astype(f32)
-        if self.calibrating:
-            axes = tuple(range(x.ndim - 1))
-            mean, var = jnp.mean(x32, axis=axes), jnp.var(x32, axis=axes)
-            count = x32.size // x32.shape[-1]
-            keep = BN_MOMENTUM
-            self.mean[...] = keep * self.mean[...] + (1 - keep) * jax.lax.stop_gradient(mean)
-            unbiased = jax.lax.stop_gradient(var) * count / max(count - 1, 1)
-            self.var[...] = keep * self.var[...] + (1 - keep) * unbiased
-        else:
-            mean, var = self.mean[...].astype(f32), self.var[...].astype(f32)
-        factor = jax.lax.rsqrt(var + BN_EPS) * self.scale[...].astype(f32)
-        y = (x32 - mean) * factor + self.bias[...].astype(f32)
-        return y.astype(self.dtype or x.dtype)
-
-
 def upsample2(x: jax.Array) -> jax.Array:
     """`nn.Upsample(scale_factor=2, mode='bilinear', align_corners=True)`."""
     return resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]), align_corners=True)
-
-
-class ConvBN(nnx.Module):
-    """Conv (no bias) -> BN [-> ReLU]: PyTorch `Sequential(Conv2d, BatchNorm2d, ReLU)` entries `.0`, `.1`."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        kernel: int,
-        *,
-        padding: int = 0,
-        dilation: int = 1,
-        dtype: Dtype,
-        param_dtype: Dtype,
-        rngs: nnx.Rngs,
-    ):
-        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        self.conv = conv(in_features, out_features, kernel, padding=padding, dilation=dilation, bias=False, **kw)
-        self.bn = batch_norm(out_features, **kw)
-
-    def __call__(self, x: jax.Array, *, relu: bool = True) -> jax.Array:
-        x = self.bn(self.conv(x))
-        return jax.nn.relu(x) if relu else x
 
 
 class DoubleConv(nnx.Module):

@@ -214,8 +214,8 @@ def evaluate(model: MaskAutoencoder, batches: Iterable[dict[str, Any]], mesh: Me
     return {key: value / max(count, 1) for key, value in totals.items()}
 
 
-def load(directory: str | Path, expected: MaskEncoderConfig) -> MaskEncoder:
-    """A teacher saved by `save_pretrained`; its widths and output activation must be those the run's student needs."""
+def check(directory: str | Path, expected: MaskEncoderConfig) -> None:
+    """Raise unless `directory` holds a saved teacher with the widths and output activation the run's student needs."""
     family, found, _ = read_config(directory)
     if family != "tsr_teacher":
         raise ValueError(f"{directory}: holds a {family!r} model, not a mask teacher (family 'tsr_teacher')")
@@ -224,4 +224,9 @@ def load(directory: str | Path, expected: MaskEncoderConfig) -> MaskEncoder:
             f"{directory}: teacher widths {found.dims} (relu_outputs={found.relu_outputs}) do not fit this run's "
             f"student, which needs {expected.dims} (relu_outputs={expected.relu_outputs})"
         )
+
+
+def load(directory: str | Path, expected: MaskEncoderConfig) -> MaskEncoder:
+    """A teacher saved by `save_pretrained`, checked with `check`."""
+    check(directory, expected)
     return load_pretrained(directory)

@@ -1,0 +1,37 @@
+"""The one interface every converter in `port/` offers; `port/convert.py KIND` dispatches to it.
+
+A converter module declares ``CONVERTERS = (Converter(kind, help, add_arguments, convert), ...)``. `convert` takes
+the checkpoint object read by `port.load` (or `None` for converters that read their own files), the source name and
+the parsed arguments, and returns a `Converted` (module, config, info) that `save_pretrained` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flax import nnx
+
+
+@dataclass
+class Converted:
+    model: nnx.Module
+    config: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Converter:
+    """`kind` is the CLI subcommand; `timm_resizing` adds the `--timm-model/--img-size` options (and
+    `--window-size` with `window_size`); `needs_src`: whether `--src` is required (a converter reading its own files
+    takes `checkpoint=None` without it)."""
+
+    kind: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    convert: Callable[..., Converted]
+    timm_resizing: bool = False
+    window_size: bool = False
+    needs_src: bool = True
