@@ -7,6 +7,10 @@ One `ResizePolicy` is used for training, validation and prediction alike:
   zeros: top = (size - h') // 2, left = (size - w') // 2, the remainder going to the bottom and right.
 - ``stretch``: resize both sides to `size` (images INTER_LINEAR, masks INTER_NEAREST), aspect ratio not kept.
 
+`resample="pil_bilinear"` resizes images with PIL's BILINEAR filter instead (antialiased when downscaling, as
+torchvision's `Resize` on PIL images); `mask_resample="linear"` resizes ground truth (soft alpha) with the image's
+filter instead of nearest neighbour.
+
 `ResizePolicy.restore` maps a prediction made on the size x size canvas back to the original H x W: crop the
 letterbox padding (if any), then cv2 INTER_LINEAR to (W, H).
 """
@@ -20,9 +24,12 @@ from typing import Any, Literal
 import cv2
 import grain
 import numpy as np
+from PIL import Image
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+from jaxmatte import preprocessing
+
+IMAGENET_MEAN = np.array(preprocessing.IMAGENET_MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(preprocessing.IMAGENET_STD, dtype=np.float32)
 PLACEMENT_FIELDS = ("height", "width", "top", "left", "inner_height", "inner_width")
 
 
@@ -55,10 +62,16 @@ class ResizePolicy:
 
     kind: Literal["letterbox", "stretch"] = "letterbox"
     size: int = 1024
+    resample: Literal["cv2_linear", "pil_bilinear"] = "cv2_linear"
+    mask_resample: Literal["nearest", "linear"] = "nearest"
 
     def __post_init__(self):
         if self.kind not in ("letterbox", "stretch"):
             raise ValueError(f"ResizePolicy.kind must be 'letterbox' or 'stretch', got {self.kind!r}")
+        if self.resample not in ("cv2_linear", "pil_bilinear"):
+            raise ValueError(f"ResizePolicy.resample must be 'cv2_linear' or 'pil_bilinear', got {self.resample!r}")
+        if self.mask_resample not in ("nearest", "linear"):
+            raise ValueError(f"ResizePolicy.mask_resample must be 'nearest' or 'linear', got {self.mask_resample!r}")
         if not isinstance(self.size, int) or self.size < 1:
             raise ValueError(f"ResizePolicy.size must be a positive int, got {self.size!r}")
 
@@ -75,13 +88,14 @@ class ResizePolicy:
         return Placement(height, width, top, left, inner_height, inner_width)
 
     def image(self, image: np.ndarray) -> tuple[np.ndarray, Placement]:
-        """(size x size x C uint8 canvas, placement); cv2 INTER_LINEAR, zero padding."""
+        """(size x size x C uint8 canvas, placement); `resample` filter, zero padding."""
         placement = self.placement(*image.shape[:2])
-        return self._place(image, placement, cv2.INTER_LINEAR), placement
+        return self._place(image, placement, self.resample), placement
 
     def mask(self, mask: np.ndarray) -> np.ndarray:
-        """size x size uint8 canvas of an H x W mask; cv2 INTER_NEAREST, zero padding."""
-        return self._place(mask, self.placement(*mask.shape[:2]), cv2.INTER_NEAREST)
+        """size x size uint8 canvas of an H x W mask; nearest (or the image filter for soft alpha), zero padding."""
+        interpolation = "nearest" if self.mask_resample == "nearest" else self.resample
+        return self._place(mask, self.placement(*mask.shape[:2]), interpolation)
 
     def restore(self, prediction: np.ndarray, placement: Placement | Sequence[int] | np.ndarray) -> np.ndarray:
         """An H x W float32 map from a size x size prediction: crop the padding, then cv2 INTER_LINEAR to (W, H)."""
@@ -100,11 +114,11 @@ class ResizePolicy:
             return np.ascontiguousarray(inner)
         return cv2.resize(inner, (placement.width, placement.height), interpolation=cv2.INTER_LINEAR)
 
-    def _place(self, array: np.ndarray, placement: Placement, interpolation: int) -> np.ndarray:
+    def _place(self, array: np.ndarray, placement: Placement, interpolation: str) -> np.ndarray:
         inner_shape = (placement.inner_height, placement.inner_width)
         resized = array
         if array.shape[:2] != inner_shape:
-            resized = cv2.resize(array, inner_shape[::-1], interpolation=interpolation)
+            resized = resize_uint8(array, inner_shape, interpolation)
             if array.ndim == 3 and resized.ndim == 2:  # OpenCV drops a single channel axis
                 resized = resized[..., None]
         if inner_shape == (self.size, self.size):
@@ -115,6 +129,21 @@ class ResizePolicy:
             placement.left : placement.left + placement.inner_width,
         ] = resized
         return canvas
+
+
+def resize_uint8(array: np.ndarray, shape: tuple[int, int], interpolation: str) -> np.ndarray:
+    """`array` (H x W [x C]) resized to `shape` (rows, columns): 'cv2_linear', 'nearest' (cv2) or 'pil_bilinear'."""
+    if interpolation == "pil_bilinear":
+        if array.dtype != np.uint8:
+            raise ValueError(f"PIL resampling takes uint8 arrays, got {array.dtype}")
+        squeeze = array.ndim == 3 and array.shape[2] == 1
+        pil = Image.fromarray(array[..., 0] if squeeze else array)
+        resized = np.asarray(pil.resize(shape[::-1], Image.BILINEAR))
+        return resized[..., None] if squeeze else resized
+    flags = {"cv2_linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+    if interpolation not in flags:
+        raise ValueError(f"unknown interpolation {interpolation!r}")
+    return cv2.resize(array, shape[::-1], interpolation=flags[interpolation])
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
