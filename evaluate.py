@@ -8,23 +8,24 @@ adpEm, adpFm, then SAD, MSE, Grad, Conn when trimaps are given or the GT is soft
 object per dataset; a per-image CSV and a PNG grid of the worst images go next to it (or into `--out-dir`).
 Exit status: 0 when at least one image was evaluated, 2 otherwise or on bad arguments.
 
-Model mode: run a saved model over DIS-layout test sets (`ROOT/im`, `ROOT/gt`) and score it at the GT's resolution:
+Model mode: run a saved model over test sets (DIS `ROOT/im` + `ROOT/gt`, or a matting layout such as `rgb_images/`
++ `alpha_maps/`) and score it at the GT's resolution:
 
     python evaluate.py --checkpoint DIR --data ROOT [--data ROOT ...] [--config configs/tsr.py] [--json out.json]
+        [--trimap-dir T]
         [--out-dir D] [--save-preds P] [--batch-size N] [--precision fp32|bf16]
         [--resize stretch|letterbox] [--input-size S] [--quantization round|truncate]
 
 `--checkpoint`: converted directory or training workdir (best/, else last/). Geometry: `--resize/--input-size`, else
 the `--config` file's `config.data` (`policy`, `size`), else what the checkpoint records. One JSON object
 per dataset (named after ROOT), with a "prediction" entry naming checkpoint, geometry, quantisation and precision.
-`--save-preds P` writes `P/<dataset>/<stem>.png`. Exit status 0 when every dataset had an evaluated image.
+`--save-preds P` writes `P/<dataset>/<stem>.png`. `--trimap-dir T`: trimaps by stem, matting metrics over the unknown
+region. Exit status 0 when every dataset had an evaluated image.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.checkpoint is not None or args.data:
-        given = [flag for flag in ("pred_dir", "gt_dir", "trimap_dir", "image_dir") if getattr(args, flag) is not None]
+        given = [flag for flag in ("pred_dir", "gt_dir", "image_dir") if getattr(args, flag) is not None]
         if given:
             parser.error(f"--checkpoint/--data cannot be combined with --{given[0].replace('_', '-')}")
         if args.checkpoint is None or not args.data:
@@ -188,51 +189,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -------------------------------------------------------------------------------------------------------- model mode
 
 
-def geometry_from_config(path: Path) -> tuple[str | None, int | None]:
-    """(resize policy, input side) from an experiment config file's `config.data`; None where it has none.
+def geometry_from_config(spec: str | Path) -> tuple[str | None, int | None]:
+    """(resize policy, input side) of an experiment config's `config.data` (`policy`, `size`); None where it has
+    none. `spec` is ``file.py[:variant]`` as `train.py` reads it (`jaxmatte.train.config.load_config`)."""
+    from jaxmatte.train.config import load_config
 
-    `path` is `file.py` or `file.py:variant` (passed to `get_config`). The file defines `get_config()`
-    (ml_collections style) or a module-level `config`; `config.data` may hold the policy as `policy` or
-    `resize_policy` (a kind or a `ResizePolicy`) and the side as `size` (S or [S, S]; also `input_size`,
-    `image_size`, `img_size`).
-    """
-    text, variant = str(path), None
-    if not Path(text).is_file() and ":" in text:
-        text, variant = text.rsplit(":", 1)
-    if not Path(text).is_file():
-        raise ValueError(f"{text}: config file not found")
-    spec = importlib.util.spec_from_file_location(f"evaluate_config_{Path(text).stem}", text)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"{text}: cannot load it as a Python config file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if hasattr(module, "get_config"):
-        config = module.get_config(variant) if variant else module.get_config()
-    else:
-        config = getattr(module, "config", None)
+    try:
+        config = load_config(str(spec))
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
     data = _field(config, "data")
     if data is None:
         return None, None
-    kinds = [_field(data, key) for key in ("resize_policy", "policy")]
-    kind = next((value for value in kinds if value is not None), None)
-    sizes = [_field(data, key) for key in ("input_size", "size", "image_size", "img_size")]
-    size = next((value for value in sizes if value is not None), None)
-    if kind is not None and not isinstance(kind, str):  # a ResizePolicy
-        kind, size = kind.kind, size or kind.size
+    kind, size = _field(data, "policy"), _field(data, "size")
     from jaxmatte.predict import square_size
 
     return kind, square_size(size) if size is not None else None
 
 
 def _field(obj: Any, key: str) -> Any:
-    if obj is None:
-        return None
     if isinstance(obj, Mapping):
         return obj.get(key)
-    try:
-        return getattr(obj, key, None)
-    except (AttributeError, KeyError):
-        return None
+    return getattr(obj, key, None)
 
 
 def run_model_mode(args: argparse.Namespace) -> int:
@@ -256,7 +234,7 @@ def run_model_mode(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from jaxmatte.predict import evaluate_folder  # JAX starts here
+    from jaxmatte.evaluation import evaluate_folder  # JAX starts with the predictor
 
     try:
         predictor = make_predictor(args, resize_policy=kind, input_size=size)
@@ -280,6 +258,7 @@ def run_model_mode(args: argparse.Namespace) -> int:
                 save_dir=args.save_preds / name if args.save_preds else None,
                 worst=args.worst,
                 progress=True,
+                trimap_dir=args.trimap_dir,
             )
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -290,11 +269,7 @@ def run_model_mode(args: argparse.Namespace) -> int:
         _, csv_path, png_path = output_paths(args, name)
         written = []
         if json_path is not None:
-            data = read_json_object(json_path) if json_path.exists() else {}
-            data[name] = {**report.as_json(), "prediction": description}
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-            written.append(json_path)
+            written.append(write_json(json_path, [report], extra={"prediction": description}))
         if csv_path is not None:
             written.append(write_csv(csv_path, report))
         if png_path is not None and worst:

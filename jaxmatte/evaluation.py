@@ -28,7 +28,8 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -455,11 +456,17 @@ def _json_number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def write_json(path: str | os.PathLike, reports: Sequence[DatasetReport], merge: bool = True) -> Path:
-    """Write `{dataset: {...}}`; with `merge`, datasets already in an existing file are kept (same name replaced)."""
+def write_json(
+    path: str | os.PathLike,
+    reports: Sequence[DatasetReport],
+    merge: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `{dataset: {...}}`; with `merge`, datasets already in an existing file are kept (same name replaced).
+    `extra` entries (e.g. ``{"prediction": ...}`` naming the model) are added to every dataset's object."""
     path = Path(path)
     data: dict[str, Any] = read_json_object(path) if merge and path.exists() else {}
-    data.update({report.name: report.as_json() for report in reports})
+    data.update({report.name: {**report.as_json(), **(extra or {})} for report in reports})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     return path
@@ -591,3 +598,126 @@ def _paste_thumbnail(canvas: np.ndarray, content: np.ndarray, x: int, y: int, ti
         thumb = np.repeat(thumb[..., None], 3, axis=2)
     top, left = y + (tile - size[1]) // 2, x + (tile - size[0]) // 2
     canvas[top : top + size[1], left : left + size[0]] = thumb
+
+
+# ---------------------------------------------------------------------------------------------- dataset evaluation
+
+GRID_THUMBNAIL = 384  # worst-image columns are kept at most this large (the grid shows 192 px tiles)
+
+
+def open_dataset_folder(root: Path) -> Any:
+    """The image / ground-truth folders of one split, unvalidated (problems are listed, not raised)."""
+    try:
+        from jaxmatte.data.folders import open_folders
+    except ImportError:
+        from jaxmatte.data.folders import DISFolders
+
+        return DISFolders(root, validate=False)
+    return open_folders(root, validate=False)
+
+
+def evaluate_folder(
+    predictor: Any,
+    root: str | os.PathLike,
+    *,
+    name: str | None = None,
+    hce_binarize: str = "dis",
+    matting: str = "auto",
+    chunk_size: int = 32,
+    save_dir: str | os.PathLike | None = None,
+    worst: int = 0,
+    progress: bool = False,
+    trimap_dir: str | os.PathLike | None = None,
+) -> tuple[DatasetReport, list[GridItem]]:
+    """Predict the images of a dataset folder with `predictor` (a `jaxmatte.predict.Predictor`) and score them
+    against the ground truth at its original resolution.
+
+    `root` is a split in any layout `jaxmatte.data.folders` reads (DIS ``im/`` + ``gt/``, ``rgb_images/`` +
+    ``alpha_maps/``, ``image/`` + ``alpha/``). With `trimap_dir` (trimaps matched by stem, unknown = 128) the matting
+    metrics cover the unknown region; a missing trimap is reported and that image skipped.
+    Returns (`DatasetReport`, the `worst` images as small `GridItem`s). Records go to `evaluate_records` in chunks of
+    `chunk_size`, so memory stays bounded; with `matting="auto"` the GTs are read once beforehand for the
+    soft-GT decision. Unreadable images or GTs are reported as skipped. `save_dir`: also write `<stem>.png` there.
+    """
+    root = Path(root)
+    name = name or root.resolve().name
+    folders = open_dataset_folder(root)
+    trimaps: dict[str, Path] = {}
+    listing_problems = [Problem(path.name, reason) for path, reason in folders.problems]
+    if trimap_dir is not None:
+        trimaps = _index_by_stem(trimap_dir, "trimap", listing_problems)
+    pairs = [(stem, *folders.paths(index)[:2]) for index, stem in enumerate(folders.names)]
+    if trimap_dir is not None:
+        missing = [stem for stem, _, _ in pairs if stem not in trimaps]
+        listing_problems.extend(Problem(stem, f"no trimap {stem}.* in {trimap_dir}") for stem in missing)
+        pairs = [pair for pair in pairs if pair[0] in trimaps]
+    show = None if progress else True
+
+    if trimap_dir is not None:
+        with_matting = matting != "no"
+    elif matting == "auto":
+        fractions = []
+        for _, _, gt_path in tqdm(pairs, desc=f"{name} ground truth", file=sys.stderr, disable=show):
+            with suppress(ImageReadError):  # reported by the main pass
+                fractions.append(soft_fraction(read_mask(gt_path)))
+        with_matting = matting_applies(False, fractions, "auto")
+    elif matting in ("yes", "no"):
+        with_matting = matting == "yes"
+    else:
+        raise ValueError(f"matting must be 'auto', 'yes' or 'no', got {matting!r}")
+
+    results: list[Any] = []
+    problems: list[Any] = []
+    worst_items: list[Any] = []
+
+    def flush(chunk: list[Any]) -> None:
+        evaluation = evaluate_records(chunk, hce_binarize=hce_binarize, matting="yes" if with_matting else "no")
+        results.extend(evaluation.results)
+        problems.extend(evaluation.problems)
+        if worst > 0:
+            fresh = [_shrink(item) for item in grid_items_from_records(chunk, worst_results(evaluation.results, worst))]
+            worst_items[:] = sorted([*worst_items, *fresh], key=lambda item: (-item.mae, item.name))[:worst]
+
+    chunk: list[Any] = []
+    predictions = predictor.predict_files([image_path for _, image_path, _ in pairs], with_images=worst > 0)
+    bar = tqdm(zip(pairs, predictions, strict=True), total=len(pairs), desc=name, file=sys.stderr, disable=show)
+    for (stem, image_path, gt_path), (_, alpha, *image) in bar:
+        if isinstance(alpha, ImageReadError):
+            problems.append(Problem(stem, f"unreadable image {image_path.name}: {alpha.problem}"))
+            continue
+        if save_dir is not None:
+            write_png(Path(save_dir) / f"{stem}.png", alpha)
+        try:
+            gt = read_mask(gt_path)
+        except ImageReadError as error:
+            problems.append(Problem(stem, f"unreadable ground truth {gt_path.name}: {error.problem}"))
+            continue
+        trimap = None
+        if stem in trimaps:
+            try:
+                trimap = read_mask(trimaps[stem])
+            except ImageReadError as error:
+                problems.append(Problem(stem, f"unreadable trimap {trimaps[stem].name}: {error.problem}"))
+                continue
+        chunk.append(Record(stem, alpha, gt, trimap, image=image[0] if image else None))
+        if len(chunk) >= chunk_size:
+            flush(chunk)
+            chunk = []
+    if chunk:
+        flush(chunk)
+    evaluation = Evaluation(results, problems, _region(with_matting, bool(trimaps)), hce_binarize)
+    return summarize(name, evaluation, listing_problems), worst_items
+
+
+def _shrink(item: Any) -> Any:
+    """A grid item with its arrays reduced to at most `GRID_THUMBNAIL` pixels on the longer side."""
+    height, width = item.gt.shape[:2]
+    scale = GRID_THUMBNAIL / max(height, width)
+    if scale >= 1:
+        return item
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+
+    def small(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else cv2.resize(array, size, interpolation=cv2.INTER_AREA)
+
+    return replace(item, gt=small(item.gt), pred=small(item.pred), image=small(item.image))

@@ -24,6 +24,8 @@ MASK_RESAMPLES = ("nearest", "linear")  # ground truth on the canvas: binary mas
 RESTORES = ("cv2_linear",)
 QUANTIZATIONS = ("round", "truncate")  # truncate: the original scripts' (p * 255).astype(uint8)
 KEY = "preprocessing"
+LEGACY_LINEAR = "cv2.INTER_LINEAR"
+LEGACY_QUANTIZATION = {"x255, truncate to uint8": "truncate", "x255, round to nearest uint8": "round"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +85,48 @@ class Preprocessing:
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any], *, default: Preprocessing | None = None) -> Preprocessing:
-        """The record of a directory's `info`; `default` (else the jaxmatte default) when it has none."""
+        """The record of a directory's `info`; `default` (else the jaxmatte default) when it has none. Directories
+        written before the record existed (``preprocess`` / ``postprocess`` blocks) are translated by `from_legacy`."""
         if KEY in info:
             return cls.from_dict(info[KEY])
+        if "preprocess" in info or "postprocess" in info:
+            return cls.from_legacy(info, default=default)
         return default or cls()
 
+    @classmethod
+    def from_legacy(cls, info: Mapping[str, Any], *, default: Preprocessing | None = None) -> Preprocessing:
+        """The record equivalent to the earlier ``preprocess`` / ``postprocess`` blocks (exact values only)."""
+        pre, post = dict(info.get("preprocess") or {}), dict(info.get("postprocess") or {})
+        base = default or cls()
+        for key, where in (("interpolation", pre), ("resize_to_original", post)):
+            if key in where and where[key] != LEGACY_LINEAR:
+                raise ValueError(f"unsupported {key} {where[key]!r} (only {LEGACY_LINEAR})")
+        quantization = post.get("quantization")
+        if quantization is not None and quantization not in LEGACY_QUANTIZATION:
+            raise ValueError(f"unknown quantization {quantization!r}; known: {sorted(LEGACY_QUANTIZATION)}")
+        size = base.size
+        if "input_size" in pre:
+            given = pre["input_size"]
+            sides = [int(v) for v in (given if isinstance(given, list) else [given])]
+            if len(set(sides)) != 1:
+                raise ValueError(f"input_size must be S or [S, S] (a square), got {pre['input_size']!r}")
+            size = sides[0]
+        return base.replace(
+            resize=pre.get("resize_policy"),
+            size=size,
+            mean=tuple(pre["mean"]) if "mean" in pre else None,
+            std=tuple(pre["std"]) if "std" in pre else None,
+            quantization=LEGACY_QUANTIZATION.get(quantization) if quantization else None,
+        )
+
     def describe(self) -> dict[str, Any]:
-        """JSON-able summary (for reports)."""
-        return self.to_dict()
+        """JSON-able summary for reports (geometry as `resize_policy` and `input_size` [S, S])."""
+        values = self.to_dict()
+        return {
+            "resize_policy": values.pop("resize"),
+            "input_size": [self.size, self.size],
+            **{k: v for k, v in values.items() if k != "size"},
+        }
 
 
 def fields() -> tuple[dataclasses.Field, ...]:

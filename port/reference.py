@@ -15,8 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+from jaxmatte.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -143,4 +142,4 @@ def demo_image(size: tuple[int, int], seed: int = 0) -> np.ndarray:
 def normalized_batch(size: tuple[int, int], batch: int = 1) -> np.ndarray:
     """(B, H, W, 3) ImageNet-normalised copies of `demo_image`."""
     images = [demo_image(size, seed=i) for i in range(batch)]
-    return ((np.stack(images) - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+    return ((np.stack(images) - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)).astype(np.float32)

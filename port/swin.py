@@ -38,13 +38,12 @@ import numpy as np
 
 from jaxmatte import pretrained
 from jaxmatte.backbones.swin import PRESETS, SwinConfig
+from jaxmatte.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from port import load
 from port.converter import Converted, Converter
 from port.table import PortError, Rule, Table, chain, conv, linear, linear_kernel, norm, port
 
 KIND = "swin"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _STAGE = r"layers[._](\d+)"
 _BLOCK = _STAGE + r"\.blocks\.(\d+)"
@@ -296,6 +295,7 @@ CONVERTERS = (
         help="timm Swin v1 (plain or features_only `layers_N` keys, Microsoft layout rejected)",
         add_arguments=add_arguments,
         convert=convert,
-        timm_resizing=True, window_size=True,
+        timm_resizing=True,
+        window_size=True,
     ),
 )

@@ -35,13 +35,13 @@ from jaxmatte import pretrained
 from jaxmatte.models.tsr.modeling import (
     BACKBONES,
     DROP_PATH_RATE,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MaskEncoderConfig,
     RefinerConfig,
     TSRConfig,
     TwinSwinConfig,
 )
+from jaxmatte.preprocessing import KEY as PREPROCESSING_KEY
+from jaxmatte.preprocessing import Preprocessing
 from port import load
 from port import swin as port_swin
 from port.converter import Converted, Converter
@@ -346,25 +346,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-teacher", action="store_true", help="drop teacher weights present in the file")
 
 
-def preprocessing(config: TwinSwinConfig) -> dict[str, Any]:
-    """How the original `predict.py` feeds and reads the model (faithful mode)."""
-    return {
-        "decode": "OpenCV, BGR -> RGB, uint8",
-        "resize_policy": "stretch",
-        "input_size": [config.img_size, config.img_size],
-        "interpolation": "cv2.INTER_LINEAR",
-        "scale": 1 / 255,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-    }
+def preprocessing(config: TwinSwinConfig) -> Preprocessing:
+    """How the original `predict.py` feeds and reads the model (faithful mode): stretch with cv2 INTER_LINEAR,
+    ImageNet normalisation, cv2 INTER_LINEAR back, x255 truncated."""
+    return Preprocessing(resize="stretch", size=config.img_size, resample="cv2_linear", quantization="truncate")
 
 
-def postprocessing(kind: str) -> dict[str, Any]:
-    return {
-        "output": "refined alpha (sigmoid(coarse probability + residual))" if kind == "tsr" else "student alpha",
-        "resize_to_original": "cv2.INTER_LINEAR",
-        "quantization": "x255, truncate to uint8",
-    }
+OUTPUTS = {"tsr": "refined alpha (sigmoid(coarse probability + residual))", "twinswin": "student alpha"}
 
 
 def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
@@ -399,8 +387,8 @@ def convert(checkpoint: Any, *, source: str, args: argparse.Namespace):
         "preset": matching_preset(config),
         "parts": included,
         "dropped": dropped,
-        "preprocess": preprocessing(config),
-        "postprocess": postprocessing(kind),
+        PREPROCESSING_KEY: preprocessing(config).to_dict(),
+        "output": OUTPUTS[kind],
     }
     return Converted(model, config, info)
 

@@ -37,14 +37,13 @@ import numpy as np
 
 from jaxmatte import pretrained
 from jaxmatte.backbones.vit import PRESETS, ViTConfig
+from jaxmatte.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from port import load
 from port.converter import Converted, Converter
 from port.table import PortError, Rule, Table, block_count, chain, conv, linear, norm, port
 
 KIND = "vit"
 DEFAULT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 RULES = chain(
     [Rule(r"cls_token", "cls_token"), Rule(r"pos_embed", "pos_embed")],

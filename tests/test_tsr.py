@@ -27,6 +27,7 @@ import jaxmatte
 from jaxmatte import pretrained, registry
 from jaxmatte.backbones import swin
 from jaxmatte.models.tsr import modeling
+from jaxmatte.preprocessing import Preprocessing
 from port import convert, load, tsr
 from port.table import PortError
 
@@ -173,11 +174,11 @@ def test_release_fp16_parity(ref, release):
     )
     assert info["layout"] == "release" and info["meta"] == META and info["parts"] == ["student", "refiner"]
     assert info["preset"] is None and info["kind"] == "tsr"
-    pre = info["preprocess"]
-    assert pre["resize_policy"] == "stretch" and pre["input_size"] == [256, 256]
-    assert pre["interpolation"] == "cv2.INTER_LINEAR" and pre["scale"] == pytest.approx(1 / 255)
-    assert pre["mean"] == list(modeling.IMAGENET_MEAN) and pre["std"] == list(modeling.IMAGENET_STD)
-    assert info["postprocess"]["quantization"].endswith("truncate to uint8")
+    pre = Preprocessing.from_info(info)
+    assert info["preprocessing"] == pre.to_dict()
+    assert pre.resize == "stretch" and pre.size == 256 and pre.resample == "cv2_linear"
+    assert pre.mean == tuple(modeling.IMAGENET_MEAN) and pre.std == tuple(modeling.IMAGENET_STD)
+    assert pre.restore == "cv2_linear" and pre.quantization == "truncate"
 
 
 def test_training_layout_parity_and_teacher(ref, training, release):
@@ -222,7 +223,7 @@ def test_twinswin_kind(ref, training):
     family, config, info = pretrained.read_config(out_dir)
     assert family == "twinswin" and type(config) is modeling.TwinSwinConfig
     assert info["dropped"] == ["refiner"] and info["parts"] == ["student", "teacher"]
-    assert info["postprocess"]["output"] == "student alpha"
+    assert info["output"] == "student alpha"
     ours, full = pretrained.stored_values(model), pretrained.stored_values(training["model"])
     assert set(ours) == {k for k in full if not k.startswith("refiner.")}
     for key in ours:

@@ -51,6 +51,8 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.train_roots = ["DIS5K/DIS-TR"]
     c.data.val_roots = ["DIS5K/DIS-VD"]
+    c.data.train_select = ""  # a slice of the sorted training records, e.g. "0:20"; "" = all
+    c.data.val_select = ""  # the same for validation, e.g. "20:27" (two splits of one folder)
     c.data.trimap_dir = ""  # validation: trimaps by stem (matting metrics over the unknown region); "" = auto
     c.data.synthetic = "dis"  # kind of the embedded data written to `synthetic_root`: dis | matting
     c.data.synthetic_root = ""  # non-empty: write synthetic data there and train / validate on it
@@ -179,7 +181,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     module_spec = importlib.util.spec_from_file_location(f"_jaxmatte_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    config = module.get_config(variant or None)
+    config = module.get_config(variant) if variant else module.get_config()
     for item in overrides:
         apply_override(config, item)
     return config

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +78,35 @@ class SkippingSource:
 
 
 class Subset:
-    def __init__(self, source: Any, count: int):
-        self.source, self.count = source, min(count, len(source))
+    """The records `indices` of `source`, in that order."""
+
+    def __init__(self, source: Any, indices: Sequence[int]):
+        self.source, self.indices = source, list(indices)
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < self.count:
+        if not 0 <= index < len(self.indices):
             raise IndexError(index)
-        return self.source[index]
+        return self.source[self.indices[index]]
+
+
+def select(source: Any, spec: str, setting: str) -> Any:
+    """`source` restricted to the Python slice `spec` ("20:27", ":20", "::5") of its (sorted) records; "" = all."""
+    if not spec:
+        return source
+    parts = spec.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        bounds = [int(p) if p.strip() else None for p in parts]
+    except ValueError:
+        raise ValueError(f"{setting} must be a slice such as '0:20' or '20:', got {spec!r}") from None
+    indices = range(len(source))[slice(*bounds)]
+    if not indices:
+        raise ValueError(f"{setting} {spec!r} selects no record of {len(source)}")
+    return Subset(source, indices)
 
 
 def data_roots(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
@@ -146,10 +166,12 @@ class Trainer:
         self.policy = ResizePolicy(
             data.policy, int(data.size), resample=data.resample, mask_resample=data.mask_resample
         )
-        self.train_source = SkippingSource(open_split(self.train_roots))
-        self.val_source: Any = open_split(val_roots, trimap_dir=data.trimap_dir or None)
+        self.train_source = SkippingSource(select(open_split(self.train_roots), data.train_select, "data.train_select"))
+        self.val_source: Any = select(
+            open_split(val_roots, trimap_dir=data.trimap_dir or None), data.val_select, "data.val_select"
+        )
         if data.val_limit > 0:
-            self.val_source = Subset(self.val_source, int(data.val_limit))
+            self.val_source = Subset(self.val_source, range(min(int(data.val_limit), len(self.val_source))))
         self.steps_per_epoch = batches_per_epoch(len(self.train_source), self.batch_size, train=True)
         self.total_steps = int(config.train.steps) or int(config.optim.epochs) * self.steps_per_epoch
         self.augment = merge_overrides(Augment(), data.augmentation) if data.augment else None

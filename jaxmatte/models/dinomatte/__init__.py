@@ -13,8 +13,11 @@ from jaxmatte.models.dinomatte.modeling import (
     FaithfulDecoder,
     forward,
 )
+from jaxmatte.models.dinomatte.system import DINOMATTE, DinoMatteLoss
 
 __all__ = [
+    "DINOMATTE",
+    "DinoMatteLoss",
     "DECODERS",
     "PAD_RULES",
     "PRESETS",

@@ -32,6 +32,7 @@ from jaxmatte.backbones.swin import PRESETS as SWIN_PRESETS
 from jaxmatte.backbones.swin import SwinConfig, SwinTransformer
 from jaxmatte.layers import ConvBN, FrozenBatchNorm, batch_norm, conv
 from jaxmatte.ops import resize_bilinear, resize_nearest
+from jaxmatte.preprocessing import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (the input statistics, re-exported)
 from jaxmatte.registry import register
 
 Dtype = Any
