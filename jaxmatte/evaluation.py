@@ -607,12 +607,8 @@ GRID_THUMBNAIL = 384  # worst-image columns are kept at most this large (the gri
 
 def open_dataset_folder(root: Path) -> Any:
     """The image / ground-truth folders of one split, unvalidated (problems are listed, not raised)."""
-    try:
-        from jaxmatte.data.folders import open_folders
-    except ImportError:
-        from jaxmatte.data.folders import DISFolders
+    from jaxmatte.data.folders import open_folders
 
-        return DISFolders(root, validate=False)
     return open_folders(root, validate=False)
 
 

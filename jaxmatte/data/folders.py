@@ -1,7 +1,15 @@
-"""DIS-layout folders (``root/im/<stem>.<ext>`` + ``root/gt/<stem>.png``) as a random-access source.
+"""Dataset folders (images + ground truth matched by stem) as random-access sources.
 
-A `DISFolders` is what grain's `MapDataset.source` takes: picklable, `len()`, `[int]` returning
-``{"image": HxWx3 uint8 RGB, "mask": HxW uint8, "name": stem}``, files read lazily through `jaxmatte.data.io`.
+Layouts of a root (split) folder, image folder + ground-truth folder:
+
+- DIS: ``im/`` + ``gt/`` (`DISFolders` reads only this one);
+- DINOv3 matting: ``rgb_images/`` + ``alpha_maps/``;
+- alphamatting.com style: ``image/`` + ``alpha/``.
+
+`MattingFolders` (and `open_folders`) read all three, and optionally trimaps by stem (a ``trimaps/`` or ``trimap/``
+folder in the root, or an explicit `trimap_dir`). A source is what grain's `MapDataset.source` takes: picklable,
+`len()`, `[int]` returning ``{"image": HxWx3 uint8 RGB, "mask": HxW uint8, "name": stem[, "trimap": HxW uint8]}``,
+files read lazily through `jaxmatte.data.io`.
 """
 
 from __future__ import annotations
@@ -23,23 +31,37 @@ GT_SUFFIX_ORDER: tuple[str, ...] = (".png", *(suffix for suffix in IMAGE_SUFFIXE
 
 
 class DISFolders:
-    """Image / ground-truth pairs from one or more DIS-layout roots, concatenated in the order given.
+    """Image / ground-truth pairs from one or more roots in one of `LAYOUTS`, concatenated in the order given.
 
     Within a root, pairs are sorted by image file name. `problems` lists ``(path, reason)`` for what was left out:
     images without ground truth, ground truth without image, duplicate stems, and (with `validate`) files whose
     header cannot be read or whose size differs from the partner's. Problems are logged once, never raised.
-    A missing root, or one without ``im/`` or ``gt/``, raises `FileNotFoundError` naming the path.
+    A missing root, or one without a layout's folders, raises `FileNotFoundError` naming the path.
     Names are file stems; the same stem in two roots gives two records with the same name.
     """
 
-    def __init__(self, roots: Sequence[str | os.PathLike] | str | os.PathLike, *, validate: bool = True):
+    LAYOUTS: tuple[tuple[str, str], ...] = (("im", "gt"),)
+    TRIMAP_FOLDERS: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        roots: Sequence[str | os.PathLike] | str | os.PathLike,
+        *,
+        validate: bool = True,
+        trimap_dir: str | os.PathLike | None = None,
+    ):
+        if trimap_dir is not None and not self.TRIMAP_FOLDERS:
+            raise ValueError(f"{type(self).__name__} reads no trimaps; use MattingFolders")
+        self.trimap_dir = Path(trimap_dir) if trimap_dir is not None else None
+        if self.trimap_dir is not None and not self.trimap_dir.is_dir():
+            raise FileNotFoundError(f"{self.trimap_dir}: trimap folder does not exist")
         if isinstance(roots, str | os.PathLike):
             roots = [roots]
         self.roots: tuple[Path, ...] = tuple(Path(root) for root in roots)
         if not self.roots:
             raise ValueError("DISFolders needs at least one root folder")
         self.problems: list[tuple[Path, str]] = []
-        pairs: list[tuple[str, str, str]] = []
+        pairs: list[tuple[str, str, str, str]] = []
         for root in self.roots:
             pairs.extend(self._pair(root, validate))
         self._pairs = pairs
@@ -58,28 +80,56 @@ class DISFolders:
         return len(self._pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image_path, gt_path, name = self._pairs[index]
-        return {"image": read_image(image_path), "mask": read_mask(gt_path), "name": name}
+        image_path, gt_path, name, trimap_path = self._pairs[index]
+        record = {"image": read_image(image_path), "mask": read_mask(gt_path), "name": name}
+        if trimap_path:
+            record["trimap"] = read_mask(trimap_path)
+        return record
 
     def __repr__(self) -> str:
-        return f"DISFolders({[str(root) for root in self.roots]}, {len(self)} pairs, {len(self.problems)} problems)"
+        roots = [str(root) for root in self.roots]
+        return f"{type(self).__name__}({roots}, {len(self)} pairs, {len(self.problems)} problems)"
 
     @property
     def names(self) -> list[str]:
-        return [name for _, _, name in self._pairs]
+        return [pair[2] for pair in self._pairs]
 
     def paths(self, index: int) -> tuple[Path, Path]:
         """(image path, ground-truth path) of pair `index`."""
-        image_path, gt_path, _ = self._pairs[index]
+        image_path, gt_path, _, _ = self._pairs[index]
         return Path(image_path), Path(gt_path)
 
-    def _pair(self, root: Path, validate: bool) -> list[tuple[str, str, str]]:
+    def trimap_path(self, index: int) -> Path | None:
+        trimap = self._pairs[index][3]
+        return Path(trimap) if trimap else None
+
+    def layout(self, root: Path) -> tuple[Path, Path]:
+        """(image folder, ground-truth folder) of `root`: the first of `LAYOUTS` present."""
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: dataset root does not exist (or is not a folder)")
-        image_dir, gt_dir = root / "im", root / "gt"
-        for folder in (image_dir, gt_dir):
-            if not folder.is_dir():
-                raise FileNotFoundError(f"{folder}: missing; a DIS-layout root holds im/ (images) and gt/ (masks)")
+        for image_name, gt_name in self.LAYOUTS:
+            if (root / image_name).is_dir() and (root / gt_name).is_dir():
+                return root / image_name, root / gt_name
+        wanted = ", ".join(f"{i}/ + {g}/" for i, g in self.LAYOUTS)
+        for image_name, gt_name in self.LAYOUTS:
+            present = [(root / n).is_dir() for n in (image_name, gt_name)]
+            if any(present):
+                missing = root / (gt_name if present[0] else image_name)
+                raise FileNotFoundError(f"{missing}: missing; a root holds {wanted}")
+        found = sorted(p.name + "/" for p in root.iterdir() if p.is_dir())
+        raise FileNotFoundError(
+            f"{root}: no image / ground-truth folders; a root holds {wanted} (found {', '.join(found) or 'nothing'})"
+        )
+
+    def _trimap_folder(self, root: Path) -> Path | None:
+        if self.trimap_dir is not None:
+            return self.trimap_dir
+        return next((root / n for n in self.TRIMAP_FOLDERS if (root / n).is_dir()), None)
+
+    def _pair(self, root: Path, validate: bool) -> list[tuple[str, str, str, str]]:
+        image_dir, gt_dir = self.layout(root)
+        trimap_dir = self._trimap_folder(root)
+        trimaps = {path.stem: path for path in list_images(trimap_dir)} if trimap_dir is not None else {}
 
         images: dict[str, Path] = {}
         for path in list_images(image_dir):
@@ -98,16 +148,20 @@ class DISFolders:
 
         for stem, path in masks.items():
             if stem not in images:
-                self.problems.append((path, "ground truth without an image in im/"))
+                self.problems.append((path, f"ground truth without an image in {image_dir.name}/"))
         pairs = []
         for stem, image_path in images.items():
             gt_path = masks.get(stem)
             if gt_path is None:
-                self.problems.append((image_path, "image without ground truth in gt/"))
+                self.problems.append((image_path, f"image without ground truth in {gt_dir.name}/"))
+                continue
+            trimap = trimaps.get(stem)
+            if trimap_dir is not None and trimap is None:
+                self.problems.append((image_path, f"image without a trimap in {trimap_dir}"))
                 continue
             if validate and not self._valid_pair(image_path, gt_path):
                 continue
-            pairs.append((str(image_path), str(gt_path), stem))
+            pairs.append((str(image_path), str(gt_path), stem, str(trimap) if trimap else ""))
         return pairs
 
     def _valid_pair(self, image_path: Path, gt_path: Path) -> bool:
@@ -123,6 +177,24 @@ class DISFolders:
             self.problems.append((image_path, f"image is {iw}x{ih} but its ground truth {gt_path.name} is {gw}x{gh}"))
             return False
         return True
+
+
+class MattingFolders(DISFolders):
+    """`DISFolders` for every layout of the module docstring, with trimaps (``trimaps/`` / ``trimap/`` in the root,
+    or `trimap_dir`): an image without its trimap is then listed as a problem and left out."""
+
+    LAYOUTS = (("im", "gt"), ("rgb_images", "alpha_maps"), ("image", "alpha"))
+    TRIMAP_FOLDERS = ("trimaps", "trimap")
+
+
+def open_folders(
+    roots: Sequence[str | os.PathLike] | str | os.PathLike,
+    *,
+    validate: bool = True,
+    trimap_dir: str | os.PathLike | None = None,
+) -> MattingFolders:
+    """The dataset of `roots` in any supported layout (`MattingFolders`)."""
+    return MattingFolders(roots, validate=validate, trimap_dir=trimap_dir)
 
 
 def _checked_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:

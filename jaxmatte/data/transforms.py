@@ -192,6 +192,13 @@ class Augment(grain.transforms.RandomMap):
     p_brightness_contrast: float = 0.2
     brightness: float = 0.2
     contrast: float = 0.2
+    mask_interpolation: str = "nearest"  # shift-scale of the ground truth: nearest (binary masks) | linear (soft alpha)
+
+    def __post_init__(self):
+        if self.mask_interpolation not in ("nearest", "linear"):
+            raise ValueError(
+                f"Augment.mask_interpolation must be 'nearest' or 'linear', got {self.mask_interpolation!r}"
+            )
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         # Draw every number up front, so the stream does not depend on which branches fire.
@@ -200,7 +207,7 @@ class Augment(grain.transforms.RandomMap):
         if draws[0] < self.p_shift_scale:
             factor = 1.0 + self.scale * (2.0 * draws[1] - 1.0)
             shift_x, shift_y = self.shift * (2.0 * draws[2] - 1.0), self.shift * (2.0 * draws[3] - 1.0)
-            image, mask = shift_scale(image, mask, factor, shift_x, shift_y)
+            image, mask = shift_scale(image, mask, factor, shift_x, shift_y, mask_interpolation=self.mask_interpolation)
         if draws[4] < self.p_flip:
             image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
         if draws[5] < self.p_brightness_contrast:
@@ -211,9 +218,16 @@ class Augment(grain.transforms.RandomMap):
 
 
 def shift_scale(
-    image: np.ndarray, mask: np.ndarray, factor: float, shift_x: float, shift_y: float
+    image: np.ndarray,
+    mask: np.ndarray,
+    factor: float,
+    shift_x: float,
+    shift_y: float,
+    *,
+    mask_interpolation: str = "nearest",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scale about the pixel-grid centre by `factor`, then translate by (shift_x W, shift_y H) pixels; zero border."""
+    """Scale about the pixel-grid centre by `factor`, then translate by (shift_x W, shift_y H) pixels; zero border.
+    The image is resampled bilinearly, the mask with `mask_interpolation` (nearest or linear)."""
     height, width = image.shape[:2]
     centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0
     matrix = np.array(
@@ -224,7 +238,8 @@ def shift_scale(
     )
     warp = dict(dsize=(width, height), borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     moved_image = cv2.warpAffine(image, matrix, flags=cv2.INTER_LINEAR, **warp)
-    moved_mask = cv2.warpAffine(mask, matrix, flags=cv2.INTER_NEAREST, **warp)
+    mask_flag = cv2.INTER_LINEAR if mask_interpolation == "linear" else cv2.INTER_NEAREST
+    moved_mask = cv2.warpAffine(mask, matrix, flags=mask_flag, **warp)
     return moved_image.reshape(image.shape), moved_mask.reshape(mask.shape)
 
 

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from jaxmatte import registry, validation
-from jaxmatte.data import ImageReadError, write_synthetic_dis
+from jaxmatte.data import ImageReadError, open_folders, write_synthetic_dis, write_synthetic_matting
 from jaxmatte.data.pipeline import batches_per_epoch, make_dataset, make_iterator
 from jaxmatte.data.transforms import Augment, ResizePolicy, to_uint8
 from jaxmatte.train import state as train_state
@@ -121,8 +121,6 @@ def data_roots(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]
                 data.synthetic_root, splits=splits, size_range=((low, high), (low, high)), seed=config.seed
             )
         elif data.synthetic == "matting":
-            from jaxmatte.data import write_synthetic_matting
-
             root = write_synthetic_matting(data.synthetic_root, splits=splits, size=(low, high), seed=config.seed)
         else:
             raise ValueError(f"data.synthetic must be 'dis' or 'matting', got {data.synthetic!r}")
@@ -132,12 +130,6 @@ def data_roots(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]
 
 def open_split(roots: list[str], **options: Any) -> Any:
     """The dataset of image / ground-truth folders under `roots` (layouts: `jaxmatte.data.folders`)."""
-    try:
-        from jaxmatte.data import open_folders
-    except ImportError:
-        from jaxmatte.data import DISFolders
-
-        return DISFolders(roots)
     return open_folders(roots, **options)
 
 

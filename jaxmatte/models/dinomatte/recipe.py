@@ -33,6 +33,7 @@ def dinomatte_config() -> ml_collections.ConfigDict:
     a.p_brightness_contrast = 0.3
     a.brightness = 0.1
     a.contrast = 0.1
+    a.mask_interpolation = "linear"
 
     o = c.optim
     o.lr = 1e-4
