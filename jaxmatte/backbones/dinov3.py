@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxmatte.backbones.features import FeatureInfo, FeatureLevel
 from jaxmatte.layers import DropPath, Mlp, SwiGLU, attention, layer_norm, linear, patch_conv
 from jaxmatte.registry import register
 
@@ -264,6 +266,20 @@ class DinoV3(nnx.Module):
         coords = jnp.asarray(rope_coords(h, w))
         angles = [rope_angles(coords * scales[i], self._periods()) for i in range(cfg.depth)]
         return [(jnp.sin(a), jnp.cos(a)) for a in angles]
+
+    def feature_info(self) -> FeatureInfo:
+        """One level per block `blocks.{i}` (embed_dim channels at the patch stride); the last block by default."""
+        c = self.config
+        levels = tuple(FeatureLevel(f"blocks.{i}", c.embed_dim, c.patch_size) for i in range(c.depth))
+        return FeatureInfo(levels, (c.depth - 1,))
+
+    def forward_intermediates(
+        self, x: jax.Array, indices: Sequence[int] | None = None, *, norm: bool = False
+    ) -> list[jax.Array]:
+        """Block outputs as NHWC grids (`jaxmatte.backbones.features`); `norm` applies the final norm to each (the
+        last block with `norm` is the final-norm patch grid)."""
+        chosen = self.feature_info().resolve(indices)
+        return self(x, indices=chosen, norm_intermediates=norm).intermediates
 
     def __call__(
         self, x: jax.Array, *, indices: tuple[int, ...] | list[int] = (), norm_intermediates: bool = False

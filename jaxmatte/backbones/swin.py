@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -27,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmatte import layers
+from jaxmatte.backbones.features import FeatureInfo, FeatureLevel
 from jaxmatte.registry import register
 
 Dtype = Any
@@ -359,6 +361,23 @@ class SwinTransformer(nnx.Module):
     @property
     def feature_strides(self) -> tuple[int, ...]:
         return tuple(self.config.patch_size * 2**i for i in range(self.config.num_stages))
+
+    def feature_info(self) -> FeatureInfo:
+        """The stages `layers.{i}` (strides 4, 8, 16, 32 for patch 4); all of them by default."""
+        levels = tuple(
+            FeatureLevel(f"layers.{i}", c, s)
+            for i, (c, s) in enumerate(zip(self.feature_channels, self.feature_strides, strict=True))
+        )
+        return FeatureInfo(levels, tuple(range(len(levels))))
+
+    def forward_intermediates(
+        self, x: jax.Array, indices: Sequence[int] | None = None, *, norm: bool = False
+    ) -> list[jax.Array]:
+        """Stage maps (`jaxmatte.backbones.features`); `norm` is accepted for the contract (the final norm, when
+        configured, always applies to the last stage as in `__call__`)."""
+        chosen = self.feature_info().resolve(indices)
+        features = self(x)
+        return [features[i] for i in chosen]
 
     def __call__(self, x: jax.Array) -> list[jax.Array]:
         x = self.patch_embed(x)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmatte.backbones.features import FeatureInfo, FeatureLevel
 from jaxmatte.layers import DropPath, Mlp, attention, layer_norm, linear, patch_conv
 from jaxmatte.registry import register
 
@@ -310,6 +311,22 @@ class VisionTransformer(nnx.Module):
                 raise ValueError(f"block index {i} out of range for depth {depth}")
             resolved.append(i % depth)
         return resolved
+
+    def feature_info(self) -> FeatureInfo:
+        """One level per block `blocks.{i}` (embed_dim channels at the patch stride); the last block by default."""
+        c = self.config
+        levels = tuple(FeatureLevel(f"blocks.{i}", c.embed_dim, c.patch_size) for i in range(c.depth))
+        return FeatureInfo(levels, (c.depth - 1,))
+
+    def forward_intermediates(
+        self, x: jax.Array, indices: Sequence[int] | None = None, *, norm: bool = False
+    ) -> list[jax.Array]:
+        """Block outputs as NHWC grids (`jaxmatte.backbones.features`); `norm` applies the final norm to each."""
+        chosen = self.feature_info().resolve(indices)
+        grids = self(x, indices=chosen).intermediates
+        if norm and self.norm is not None:
+            grids = tuple(self.norm(g) for g in grids)
+        return list(grids)
 
     def __call__(self, x: jax.Array, *, indices: Sequence[int] = ()) -> ViTOutput:
         """NHWC image -> `ViTOutput` (see there). Plain: class token prepended; windowed: patch tokens only."""

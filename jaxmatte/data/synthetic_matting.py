@@ -75,9 +75,9 @@ def matting_sample(rng: np.random.Generator, height: int, width: int) -> Matting
         alpha = np.maximum(alpha, _fur(rng, height, width))
     if "veil" in effects:
         veil, tint = _veil(rng, height, width)
-        foreground = (veil[..., None] * tint + alpha[..., None] * foreground) / np.maximum(
-            veil + alpha, 1e-6
-        )[..., None]
+        foreground = (veil[..., None] * tint + alpha[..., None] * foreground) / np.maximum(veil + alpha, 1e-6)[
+            ..., None
+        ]
         alpha = alpha + veil * (1.0 - alpha)
     if "motion_blur" in effects:
         kernel = _line_kernel(rng)

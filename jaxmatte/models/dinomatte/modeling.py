@@ -411,10 +411,8 @@ class DinoMatte(nnx.Module):
         size = cfg.backbone_size(*x.shape[1:3])
         if size != tuple(x.shape[1:3]):
             x = resize_bilinear(x.astype(jnp.promote_types(x.dtype, jnp.float32)), size, align_corners=False)
-        if cfg.decoder == "detail":
-            grids = self.backbone(x, indices=cfg.levels, norm_intermediates=True).intermediates
-        else:
-            grids = [self.backbone(x).patch_tokens]
+        indices = cfg.levels if cfg.decoder == "detail" else (-1,)
+        grids = self.backbone.forward_intermediates(x, indices, norm=True)
         if cfg.freeze_backbone:
             grids = [jax.lax.stop_gradient(g) for g in grids]
         return grids, x
