@@ -57,7 +57,7 @@ def build_model(config: ml_collections.ConfigDict, arch: Any) -> nnx.Module:
     model_cls = registry.system(config.model.family).model_cls
     model = model_cls(
         arch,
-        rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+        rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1, rope=config.seed + 2),
         dtype=compute_dtype(config.train.compute_dtype),
     )
     model.train()
