@@ -32,7 +32,7 @@ def get_config(arg=None):
     else:
         detail_settings(config)
     if variant.startswith("demo"):
-        demo_settings(config, size=config.data.size)
+        demo_settings(config)
     if variant.startswith("realdata"):
         config.data.train_roots = [REALDATA]
         config.data.val_roots = [REALDATA]

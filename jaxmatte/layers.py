@@ -15,6 +15,8 @@ Dtype = Any
 DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # Flax convention: PyTorch's momentum 0.1
+CONV_INITS = ("torch", "kaiming")  # PyTorch's Conv2d defaults; kaiming-normal fan_out (ReLU gain) with zero bias
+KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -123,11 +125,16 @@ def conv(
     padding: int = 0,
     dilation: int = 1,
     bias: bool,
+    init: str = "torch",
     dtype: Dtype,
     param_dtype: Dtype,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """`nn.Conv2d` with explicit symmetric padding and PyTorch's default initial distributions."""
+    """`nn.Conv2d` with explicit symmetric padding. `init="torch"`: PyTorch's default initial distributions;
+    `"kaiming"`: `kaiming_normal_(mode="fan_out", nonlinearity="relu")` with zero bias, as many decoders reset them."""
+    if init not in CONV_INITS:
+        raise ValueError(f"unknown conv init {init!r}; known: {CONV_INITS}")
+    kaiming = init == "kaiming"
     return nnx.Conv(
         in_features,
         out_features,
@@ -136,8 +143,8 @@ def conv(
         padding=((padding, padding), (padding, padding)),
         kernel_dilation=dilation,
         use_bias=bias,
-        kernel_init=torch_kernel_init,
-        bias_init=torch_bias_init(in_features * kernel * kernel),
+        kernel_init=KAIMING_FAN_OUT if kaiming else torch_kernel_init,
+        bias_init=nnx.initializers.zeros_init() if kaiming else torch_bias_init(in_features * kernel * kernel),
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
@@ -200,15 +207,18 @@ class ConvBN(nnx.Module):
         out_features: int,
         kernel: int,
         *,
+        stride: int = 1,
         padding: int = 0,
         dilation: int = 1,
         bias: bool = False,
+        init: str = "torch",
         dtype: Dtype,
         param_dtype: Dtype,
         rngs: nnx.Rngs,
     ):
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        self.conv = conv(in_features, out_features, kernel, padding=padding, dilation=dilation, bias=bias, **kw)
+        geometry = {"stride": stride, "padding": padding, "dilation": dilation}
+        self.conv = conv(in_features, out_features, kernel, **geometry, bias=bias, init=init, **kw)
         self.bn = batch_norm(out_features, **kw)
 
     def __call__(self, x: jax.Array, *, relu: bool = True) -> jax.Array:

@@ -29,7 +29,7 @@ from port.table import PortError
 
 PREFIX = "encoder.dinov3."
 WHOLE_ATOL, WHOLE_REL = 1e-4, 1e-4
-LAYER_ATOL, LAYER_REL = 1e-4, 1e-5
+LAYER_ATOL, LAYER_REL = 3e-4, 1e-5  # decoder activations reach ~60 (fp32 ulp 4e-6); the relative bound binds
 TINY_BACKBONE = DinoV3Config(embed_dim=128, depth=4, num_heads=2)
 TINY_DETAIL = DinoMatteConfig(
     backbone=TINY_BACKBONE, decoder="detail", decoder_dims=(32, 16, 16), fuse_dim=32, detail_dims=(8, 16, 16)

@@ -43,7 +43,7 @@ from flax import nnx
 
 from jaxmatte.backbones.dinov3 import PRESETS as DINOV3_PRESETS
 from jaxmatte.backbones.dinov3 import DinoV3, DinoV3Config
-from jaxmatte.layers import batch_norm, conv
+from jaxmatte.layers import ConvBN, batch_norm, conv
 from jaxmatte.ops import ConvTranspose2d, resize_bilinear
 from jaxmatte.registry import register
 
@@ -59,7 +59,6 @@ TRAIN_ROPE_RESCALE = 2.0
 NUM_FEATURE_LEVELS = 4
 
 # kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / (C_out * kh * kw)), untruncated
-KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -180,30 +179,9 @@ PRESETS: dict[str, DinoMatteConfig] = {
 # Layers
 
 
-def kaiming_conv(
-    in_features: int,
-    out_features: int,
-    kernel: int,
-    *,
-    stride: int = 1,
-    padding: int = 0,
-    dtype: Dtype,
-    param_dtype: Dtype,
-    rngs: nnx.Rngs,
-) -> nnx.Conv:
+def kaiming_conv(in_features: int, out_features: int, kernel: int, **kwargs: Any) -> nnx.Conv:
     """`nn.Conv2d` (bias) with the original decoder's init: kaiming-normal fan_out, zero bias."""
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel, kernel),
-        strides=stride,
-        padding=((padding, padding), (padding, padding)),
-        kernel_init=KAIMING_FAN_OUT,
-        bias_init=nnx.initializers.zeros_init(),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
+    return conv(in_features, out_features, kernel, bias=True, init="kaiming", **kwargs)
 
 
 def upsample2(x: jax.Array) -> jax.Array:
@@ -216,26 +194,9 @@ def clamp01(x: jax.Array) -> jax.Array:
     return jnp.where(x <= 0.0, 0.0, jnp.where(x >= 1.0, 1.0, x)).astype(x.dtype)
 
 
-class ConvBNReLU(nnx.Module):
-    """Conv (bias, kaiming init) -> BN -> ReLU."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        kernel: int = 3,
-        *,
-        stride: int = 1,
-        dtype: Dtype,
-        param_dtype: Dtype,
-        rngs: nnx.Rngs,
-    ):
-        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        self.conv = kaiming_conv(in_features, out_features, kernel, stride=stride, padding=kernel // 2, **kw)
-        self.bn = batch_norm(out_features, **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.relu(self.bn(self.conv(x)))
+def conv_bn_relu(in_features: int, out_features: int, *, stride: int = 1, **kwargs: Any) -> ConvBN:
+    """Conv3x3 (bias, kaiming init) -> BN -> ReLU."""
+    return ConvBN(in_features, out_features, 3, stride=stride, padding=1, bias=True, init="kaiming", **kwargs)
 
 
 class DecoderBlock(nnx.Module):
@@ -318,16 +279,16 @@ class DetailDecoder(nnx.Module):
         e1, e2, e4 = config.detail_dims
         dim = config.backbone.embed_dim
         self.proj = nnx.List([kaiming_conv(dim, fuse, 1, **kw) for _ in range(NUM_FEATURE_LEVELS)])
-        self.fuse16 = ConvBNReLU(2 * fuse, fuse, **kw)
+        self.fuse16 = conv_bn_relu(2 * fuse, fuse, **kw)
         self.lift8 = ConvTranspose2d(fuse, fuse, 2, stride=2, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.lift4 = ConvTranspose2d(fuse, half, 4, stride=4, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.rgb1 = ConvBNReLU(3, e1, **kw)
-        self.rgb2 = ConvBNReLU(e1, e2, stride=2, **kw)
-        self.rgb4 = ConvBNReLU(e2, e4, stride=2, **kw)
-        self.fuse8 = ConvBNReLU(2 * fuse, c8, **kw)
-        self.fuse4 = ConvBNReLU(c8 + half + e4, c4, **kw)
-        self.fuse2 = ConvBNReLU(c4 + e2, c2, **kw)
-        self.fuse1 = ConvBNReLU(c2 + e1, e1, **kw)
+        self.rgb1 = conv_bn_relu(3, e1, **kw)
+        self.rgb2 = conv_bn_relu(e1, e2, stride=2, **kw)
+        self.rgb4 = conv_bn_relu(e2, e4, stride=2, **kw)
+        self.fuse8 = conv_bn_relu(2 * fuse, c8, **kw)
+        self.fuse4 = conv_bn_relu(c8 + half + e4, c4, **kw)
+        self.fuse2 = conv_bn_relu(c4 + e2, c2, **kw)
+        self.fuse1 = conv_bn_relu(c2 + e1, e1, **kw)
         self.head = kaiming_conv(e1, 1, 3, padding=1, **kw)
 
     def __call__(self, features: list[jax.Array], image: jax.Array, size: tuple[int, int]) -> DecoderOutput:
