@@ -21,6 +21,10 @@ the `--config` file's `config.data` (`policy`, `size`), else what the checkpoint
 per dataset (named after ROOT), with a "prediction" entry naming checkpoint, geometry, quantisation and precision.
 `--save-preds P` writes `P/<dataset>/<stem>.png`. `--trimap-dir T`: trimaps by stem, matting metrics over the unknown
 region. Exit status 0 when every dataset had an evaluated image.
+
+Metric sets (`--metrics`): `dis` as above; `matting` (the default in model mode for matting systems such as
+dinomatte): MAE is the plain mean |alpha_pred - alpha_gt| (soft GT, no normalisation), then SAD, MSE, Grad, Conn, and
+the other DIS metrics only when the GT is binary.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from jaxmatte.cli import add_predictor_arguments, make_predictor, non_negative_i
 from jaxmatte.evaluation import (
     HCE_BINARIZE_RULES,
     MATTING_MODES,
+    METRIC_SETS,
     Problem,
     default_dataset_name,
     evaluate_pairs,
@@ -96,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MATTING_MODES,
         default="auto",
         help="matting metrics; auto (default): when trimaps are given or the GT is soft",
+    )
+    parser.add_argument(
+        "--metrics",
+        choices=METRIC_SETS,
+        help="metric set: dis (DIS metrics, DIS MAE; default for saved predictions), matting (plain alpha MAE, SAD, "
+        "MSE, Grad, Conn, DIS metrics only for binary GT); model mode defaults to the system's own set",
     )
     model = parser.add_argument_group("model mode (instead of --pred-dir / --gt-dir)")
     model.add_argument("--checkpoint", type=Path, help="converted directory or training workdir (best/, else last/)")
@@ -164,7 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pairs, problems = pair_folders(args.pred_dir, args.gt_dir, args.trimap_dir, args.image_dir)
     evaluation = evaluate_pairs(
-        pairs, hce_binarize=args.hce_binarize, matting=args.matting, workers=args.workers, progress=True
+        pairs,
+        hce_binarize=args.hce_binarize,
+        matting=args.matting,
+        workers=args.workers,
+        progress=True,
+        metrics=args.metrics or "dis",
     )
     report = summarize(name, evaluation, problems)
 
@@ -242,6 +258,7 @@ def run_model_mode(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     description = {**predictor.describe(), "precision": args.precision}
+    metrics = args.metrics or ("matting" if predictor.system.validation == "matting" else "dis")
     pre = predictor.preprocessing
     print(f"{predictor.directory}: {pre.policy.kind} {pre.policy.size}, {pre.quantization}, {args.precision}")
 
@@ -259,6 +276,7 @@ def run_model_mode(args: argparse.Namespace) -> int:
                 worst=args.worst,
                 progress=True,
                 trimap_dir=args.trimap_dir,
+                metrics=metrics,
             )
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)

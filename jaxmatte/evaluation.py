@@ -14,6 +14,11 @@ the official scales) are added when trimaps are given (region: unknown pixels, t
 0 and 255 exceeds `SOFT_GT_FRACTION` (1 %). Binary masks, anti-aliased edges included, have a small fraction (edge
 pixels only); alpha mattes have several percent (8 % on average for the alphamatting.com training set).
 
+Two metric sets (`METRIC_SETS`): ``"dis"`` (the default, above) and ``"matting"`` for alpha-matting models, where
+**MAE** is the plain mean |alpha_pred - alpha_gt| of [0, 1] values at the GT's resolution (no min-max normalisation,
+soft GT), the matting metrics always apply, and the DIS metrics (other than their MAE) are added only when the GT is
+binary by the soft rule.
+
 Reports: a text table (DIS papers' column order, then the matting metrics; MSE shown x1e3, HCE as an integer, the rest
 with 3 decimals), JSON (one object per dataset, exact key names), a per-image CSV and a PNG grid of the worst images.
 """
@@ -47,7 +52,7 @@ from jaxmatte.metrics.dis import (
     resize_to_gt,
     summarize_dis,
 )
-from jaxmatte.metrics.matting import MATTING_KEYS, matting_image_metrics, summarize_matting
+from jaxmatte.metrics.matting import MATTING_KEYS, alpha_mae, matting_image_metrics, summarize_matting
 
 SOFT_GT_FRACTION = 0.01
 MattingMode = Literal["auto", "yes", "no"]
@@ -56,6 +61,19 @@ GT_FOLDER_NAMES = frozenset({"gt", "gts", "mask", "masks", "alpha", "alphas"})
 # Among files sharing a stem, the first suffix here wins (lossless before lossy).
 SUFFIX_PREFERENCE: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".webp", ".jpg", ".jpeg")
 TABLE_KEYS: tuple[str, ...] = (*DIS_KEYS, *MATTING_KEYS)
+METRIC_SETS: tuple[str, ...] = ("dis", "matting")
+MATTING_TABLE_KEYS: tuple[str, ...] = ("MAE", *MATTING_KEYS, *(key for key in DIS_KEYS if key != "MAE"))
+
+
+def table_keys(metrics: str) -> tuple[str, ...]:
+    """The column order of a metric set."""
+    _check_metric_set(metrics)
+    return MATTING_TABLE_KEYS if metrics == "matting" else TABLE_KEYS
+
+
+def _check_metric_set(metrics: str) -> None:
+    if metrics not in METRIC_SETS:
+        raise ValueError(f"metrics must be one of {METRIC_SETS}, got {metrics!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------- records
@@ -96,13 +114,17 @@ class Problem:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """Per-image numbers (picklable): DIS partial results, matting metrics when they apply, sizes (H, W)."""
+    """Per-image numbers (picklable): DIS partial results, matting metrics when they apply, sizes (H, W), the plain
+    alpha MAE and the GT's soft fraction; `metrics` names the set the row and `mae` report."""
 
     name: str
     gt_size: tuple[int, int]
     pred_size: tuple[int, int]
     dis: DISImageStats
     matting: dict[str, float] | None = None
+    alpha_mae: float = math.nan
+    soft_fraction: float = 0.0
+    metrics: str = "dis"
 
     def row(self) -> dict[str, Any]:
         """The per-image CSV row."""
@@ -113,14 +135,20 @@ class ImageResult:
             "pred_height": self.pred_size[0],
             "pred_width": self.pred_size[1],
         }
-        row.update(dis_image_row(self.dis))
+        dis = dis_image_row(self.dis)
+        if self.metrics == "matting":
+            row["MAE"] = self.alpha_mae
+            row.update({key: self.matting[key] for key in MATTING_KEYS} if self.matting is not None else {})
+            row.update({key: value for key, value in dis.items() if key != "MAE"})
+            return row
+        row.update(dis)
         if self.matting is not None:
             row.update({key: self.matting[key] for key in MATTING_KEYS})
         return row
 
     @property
     def mae(self) -> float:
-        return float(dis_image_row(self.dis)["MAE"])
+        return self.alpha_mae if self.metrics == "matting" else float(dis_image_row(self.dis)["MAE"])
 
 
 @dataclass(frozen=True)
@@ -131,6 +159,7 @@ class Evaluation:
     problems: list[Problem]
     matting_region: str | None
     hce_binarize: str = "dis"
+    metrics: str = "dis"
 
 
 @dataclass(frozen=True)
@@ -144,14 +173,18 @@ class DatasetReport:
     matting_region: str | None
     hce_binarize: str
     results: list[ImageResult] = field(default_factory=list, repr=False)
+    metrics: str = "dis"
 
     def as_json(self) -> dict[str, Any]:
         """The JSON object of this dataset (metric keys in table order; NaN written as null)."""
-        data: dict[str, Any] = {key: _json_number(self.summary[key]) for key in TABLE_KEYS if key in self.summary}
+        keys = table_keys(self.metrics)
+        data: dict[str, Any] = {key: _json_number(self.summary[key]) for key in keys if key in self.summary}
         data["images"] = self.images
         data["skipped"] = [problem.as_dict() for problem in self.skipped]
         data["matting_region"] = self.matting_region
         data["hce_binarize"] = self.hce_binarize
+        if self.metrics != "dis":
+            data["metrics"] = self.metrics
         return data
 
 
@@ -237,8 +270,10 @@ def evaluate_arrays(
     *,
     with_matting: bool,
     hce_binarize: str = "dis",
+    metrics: str = "dis",
 ) -> ImageResult:
-    """Per-image DIS stats and (optionally) matting metrics; `pred` is resized to the GT size first."""
+    """Per-image DIS stats and (optionally; always for the matting set) matting metrics; `pred` is resized to the GT
+    size first."""
     for label, array in (("prediction", pred), ("ground truth", gt), ("trimap", trimap)):
         if array is not None and (array.ndim != 2 or array.dtype != np.uint8):
             raise ValueError(f"{name}: {label} must be an HxW uint8 array, got {array.dtype} {array.shape}")
@@ -246,8 +281,11 @@ def evaluate_arrays(
         raise ValueError(f"{name}: trimap size {_size(trimap)} differs from the ground-truth size {_size(gt)}")
     pred_at_gt = resize_to_gt(pred, gt)
     stats = dis_image_stats(pred_at_gt, gt, hce_binarize=hce_binarize)
+    with_matting = with_matting or metrics == "matting"
     matting = matting_image_metrics(pred_at_gt, gt, trimap) if with_matting else None
-    return ImageResult(name, gt.shape, pred.shape, stats, matting)
+    return ImageResult(
+        name, gt.shape, pred.shape, stats, matting, alpha_mae(pred_at_gt, gt), soft_fraction(gt), metrics
+    )
 
 
 def _size(array: np.ndarray) -> str:
@@ -262,14 +300,16 @@ def _read(path: Path, role: str) -> np.ndarray:
         raise ImageReadError(path, f"unreadable {role} {path.name}: {exc.problem}") from None
 
 
-def _evaluate_pair(task: tuple[Pair, bool, str]) -> ImageResult | Problem:
+def _evaluate_pair(task: tuple[Pair, bool, str, str]) -> ImageResult | Problem:
     """Worker: read the files of one pair and evaluate them; unreadable files and bad sizes become a Problem."""
-    pair, with_matting, hce_binarize = task
+    pair, with_matting, hce_binarize, metrics = task
     try:
         gt = _read(pair.gt, "ground truth")
         pred = _read(pair.pred, "prediction")
         trimap = _read(pair.trimap, "trimap") if pair.trimap is not None else None
-        return evaluate_arrays(pair.name, pred, gt, trimap, with_matting=with_matting, hce_binarize=hce_binarize)
+        return evaluate_arrays(
+            pair.name, pred, gt, trimap, with_matting=with_matting, hce_binarize=hce_binarize, metrics=metrics
+        )
     except ImageReadError as exc:
         return Problem(pair.name, exc.problem)
     except ValueError as exc:
@@ -294,9 +334,12 @@ def evaluate_pairs(
     matting: MattingMode = "auto",
     workers: int | None = None,
     progress: bool = False,
+    metrics: str = "dis",
 ) -> Evaluation:
     """Evaluate paired files in a process pool of `workers` (default: all cores; 1 = in this process)."""
     _check_hce_rule(hce_binarize)
+    _check_metric_set(metrics)
+    matting = "yes" if metrics == "matting" else matting
     trimaps_given = any(pair.trimap is not None for pair in pairs)
     workers = max(1, min(workers or os.cpu_count() or 1, len(pairs) or 1))
     with _executor(workers) as pool:
@@ -306,15 +349,20 @@ def evaluate_pairs(
             found = _mapped(pool, _gt_soft_fraction, gts, workers, progress, "ground truth")
             fractions = [fraction for fraction in found if fraction is not None]
         with_matting = matting_applies(trimaps_given, fractions, matting)
-        tasks = [(pair, with_matting, hce_binarize) for pair in pairs]
+        tasks = [(pair, with_matting, hce_binarize, metrics) for pair in pairs]
         outcomes = list(_mapped(pool, _evaluate_pair, tasks, workers, progress, "evaluating"))
     results = [outcome for outcome in outcomes if isinstance(outcome, ImageResult)]
     problems = [outcome for outcome in outcomes if isinstance(outcome, Problem)]
-    return Evaluation(results, problems, _region(with_matting, trimaps_given), hce_binarize)
+    return Evaluation(results, problems, _region(with_matting, trimaps_given), hce_binarize, metrics)
 
 
 def evaluate_records(
-    records: Sequence[Record], *, hce_binarize: str = "dis", matting: MattingMode = "auto", progress: bool = False
+    records: Sequence[Record],
+    *,
+    hce_binarize: str = "dis",
+    matting: MattingMode = "auto",
+    progress: bool = False,
+    metrics: str = "dis",
 ) -> Evaluation:
     """Evaluate in-memory records in this process, with the same rules as `evaluate_pairs`.
 
@@ -322,6 +370,8 @@ def evaluate_records(
     every GT first, hence a sequence; a streaming caller passes `matting="yes"` or `"no"`.
     """
     _check_hce_rule(hce_binarize)
+    _check_metric_set(metrics)
+    matting = "yes" if metrics == "matting" else matting
     trimaps_given = any(record.trimap is not None for record in records)
     fractions = [soft_fraction(record.gt) for record in records] if matting == "auto" and not trimaps_given else []
     with_matting = matting_applies(trimaps_given, fractions, matting)
@@ -336,21 +386,31 @@ def evaluate_records(
                     record.trimap,
                     with_matting=with_matting,
                     hce_binarize=hce_binarize,
+                    metrics=metrics,
                 )
             )
         except ValueError as exc:
             problems.append(Problem(record.name, str(exc)))
-    return Evaluation(results, problems, _region(with_matting, trimaps_given), hce_binarize)
+    return Evaluation(results, problems, _region(with_matting, trimaps_given), hce_binarize, metrics)
 
 
 def summarize(name: str, evaluation: Evaluation, extra_problems: Sequence[Problem] = ()) -> DatasetReport:
-    """Dataset numbers: `summarize_dis` (+ `summarize_matting`) over the evaluated images."""
+    """Dataset numbers: `summarize_dis` (+ `summarize_matting`) over the evaluated images; for the matting set the
+    plain alpha MAE, the matting metrics, and the other DIS metrics only when the GTs are binary (soft rule)."""
     results = sorted(evaluation.results, key=lambda result: result.name)
     summary: dict[str, float] = {}
     if results:
-        summary.update(summarize_dis([result.dis for result in results]))
-        if evaluation.matting_region is not None:
-            summary.update(summarize_matting([result.matting for result in results if result.matting is not None]))
+        dis = summarize_dis([result.dis for result in results])
+        matting = [result.matting for result in results if result.matting is not None]
+        if evaluation.metrics == "matting":
+            summary["MAE"] = float(np.mean([result.alpha_mae for result in results], dtype=np.float64))
+            summary.update(summarize_matting(matting))
+            if float(np.mean([result.soft_fraction for result in results])) <= SOFT_GT_FRACTION:
+                summary.update({key: value for key, value in dis.items() if key != "MAE"})
+        else:
+            summary.update(dis)
+            if evaluation.matting_region is not None:
+                summary.update(summarize_matting(matting))
     return DatasetReport(
         name=name,
         summary=summary,
@@ -359,6 +419,7 @@ def summarize(name: str, evaluation: Evaluation, extra_problems: Sequence[Proble
         matting_region=evaluation.matting_region,
         hce_binarize=evaluation.hce_binarize,
         results=results,
+        metrics=evaluation.metrics,
     )
 
 
@@ -416,9 +477,14 @@ def _mapped(
 
 
 def format_table(reports: Sequence[DatasetReport]) -> str:
-    """Aligned text table, one row per dataset: DIS columns in the papers' order, then matting columns if any."""
+    """Aligned text table, one row per dataset: DIS columns in the papers' order, then matting columns if any (the
+    matting set: MAE, the matting columns, then the DIS columns any dataset has)."""
     with_matting = any(report.matting_region is not None for report in reports)
-    keys = list(DIS_KEYS) + (list(MATTING_KEYS) if with_matting else [])
+    if reports and all(report.metrics == "matting" for report in reports):
+        present = {key for report in reports for key in report.summary}
+        keys = [key for key in MATTING_TABLE_KEYS if key in present or key in ("MAE", *MATTING_KEYS)]
+    else:
+        keys = list(DIS_KEYS) + (list(MATTING_KEYS) if with_matting else [])
     header = ["dataset", "images", *("MSE(x1e3)" if key == "MSE" else key for key in keys)]
     rows = [
         [report.name, str(report.images), *(_format_value(key, report.summary.get(key)) for key in keys)]
@@ -624,17 +690,21 @@ def evaluate_folder(
     worst: int = 0,
     progress: bool = False,
     trimap_dir: str | os.PathLike | None = None,
+    metrics: str = "dis",
 ) -> tuple[DatasetReport, list[GridItem]]:
     """Predict the images of a dataset folder with `predictor` (a `jaxmatte.predict.Predictor`) and score them
     against the ground truth at its original resolution.
 
     `root` is a split in any layout `jaxmatte.data.folders` reads (DIS ``im/`` + ``gt/``, ``rgb_images/`` +
     ``alpha_maps/``, ``image/`` + ``alpha/``). With `trimap_dir` (trimaps matched by stem, unknown = 128) the matting
-    metrics cover the unknown region; a missing trimap is reported and that image skipped.
+    metrics cover the unknown region; a missing trimap is reported and that image skipped. `metrics`: the metric set
+    (`METRIC_SETS`; "matting" implies the matting metrics).
     Returns (`DatasetReport`, the `worst` images as small `GridItem`s). Records go to `evaluate_records` in chunks of
     `chunk_size`, so memory stays bounded; with `matting="auto"` the GTs are read once beforehand for the
     soft-GT decision. Unreadable images or GTs are reported as skipped. `save_dir`: also write `<stem>.png` there.
     """
+    _check_metric_set(metrics)
+    matting = "yes" if metrics == "matting" else matting
     root = Path(root)
     name = name or root.resolve().name
     folders = open_dataset_folder(root)
@@ -667,7 +737,8 @@ def evaluate_folder(
     worst_items: list[Any] = []
 
     def flush(chunk: list[Any]) -> None:
-        evaluation = evaluate_records(chunk, hce_binarize=hce_binarize, matting="yes" if with_matting else "no")
+        mode = "yes" if with_matting else "no"
+        evaluation = evaluate_records(chunk, hce_binarize=hce_binarize, matting=mode, metrics=metrics)
         results.extend(evaluation.results)
         problems.extend(evaluation.problems)
         if worst > 0:
@@ -701,7 +772,7 @@ def evaluate_folder(
             chunk = []
     if chunk:
         flush(chunk)
-    evaluation = Evaluation(results, problems, _region(with_matting, bool(trimaps)), hce_binarize)
+    evaluation = Evaluation(results, problems, _region(with_matting, bool(trimaps)), hce_binarize, metrics)
     return summarize(name, evaluation, listing_problems), worst_items
 
 

@@ -5,9 +5,9 @@ dataset record) and summarises the split. A system names its suite and the metri
 (`jaxmatte.registry.System`); `SUITES` is the table the registry checks against.
 
 - ``dis``: the DIS metrics (maxFm, wFmeasure, MAE, Smeasure, E-measures, HCE), GT > 128 foreground;
-- ``matting``: MAE (of [0, 1] values) and the official SAD, MSE, Grad, Conn over the whole image, or over the unknown
-  region of a record's trimap; the DIS metrics as well when the ground truth is binary (soft fraction at most
-  `jaxmatte.evaluation.SOFT_GT_FRACTION`).
+- ``matting``: `jaxmatte.evaluation`'s matting set: the plain MAE of [0, 1] values and the official SAD, MSE, Grad, Conn
+  over the whole image, or over the unknown region of a record's trimap; the DIS metrics as well when the ground truth
+  is binary (soft fraction at most `jaxmatte.evaluation.SOFT_GT_FRACTION`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from jaxmatte.evaluation import MATTING_TABLE_KEYS, Evaluation, evaluate_arrays, summarize
 from jaxmatte.metrics.dis import DIS_KEYS, dis_image_stats, resize_to_gt, summarize_dis
-from jaxmatte.metrics.matting import MATTING_KEYS, matting_image_metrics, summarize_matting
 
 
 class DISValidation:
@@ -34,34 +34,22 @@ class DISValidation:
 
 
 class MattingValidation:
-    metrics: ClassVar[tuple[str, ...]] = ("MAE", *MATTING_KEYS, *(k for k in DIS_KEYS if k != "MAE"))
+    metrics: ClassVar[tuple[str, ...]] = MATTING_TABLE_KEYS
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-        self.stats: list[Any] = []
-        self.soft: list[float] = []
+        self.results: list[Any] = []
 
     def add(self, prediction: np.ndarray, record: dict[str, Any]) -> None:
-        from jaxmatte.evaluation import soft_fraction
-
         gt = record["mask"]
         gt = gt[..., 0] if gt.ndim == 3 else gt
-        prediction = resize_to_gt(prediction, gt)
         trimap = record.get("trimap")
         if trimap is not None and trimap.ndim == 3:
             trimap = trimap[..., 0]
-        self.rows.append(matting_image_metrics(prediction, gt, trimap))
-        self.stats.append(dis_image_stats(prediction, gt))
-        self.soft.append(soft_fraction(gt))
+        name = str(record.get("name", len(self.results)))
+        self.results.append(evaluate_arrays(name, prediction, gt, trimap, with_matting=True, metrics="matting"))
 
     def summary(self) -> dict[str, float]:
-        from jaxmatte.evaluation import SOFT_GT_FRACTION
-
-        dis = summarize_dis(self.stats)
-        values = {"MAE": dis["MAE"], **summarize_matting(self.rows)}
-        if float(np.mean(self.soft)) <= SOFT_GT_FRACTION:
-            values.update({key: value for key, value in dis.items() if key != "MAE"})
-        return values
+        return summarize("validation", Evaluation(self.results, [], "whole", metrics="matting")).summary
 
 
 SUITES: dict[str, type] = {"dis": DISValidation, "matting": MattingValidation}

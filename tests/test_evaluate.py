@@ -198,6 +198,32 @@ def test_cli_soft_ground_truth_gets_whole_image_matting_metrics(cli, tmp_path):
     assert not (tmp_path / "DIS-TE1_worst.png").exists()  # --worst 0
 
 
+@pytest.mark.parametrize("soft", [True, False], ids=["soft", "binary"])
+def test_cli_matting_metric_set(cli, tmp_path, capsys, soft):
+    """--metrics matting: MAE is the plain mean |pred - gt| / 255 (no normalisation, soft GT), then SAD .. Conn; the
+    DIS block (without its MAE) only for binary GT."""
+    folders = make_dis_layout(tmp_path, soft=soft, seed=3)
+    out = tmp_path / "m.json"
+    args = ["--pred-dir", folders["pred"], "--gt-dir", folders["gt"], "--json", out, "--worst", 0]
+    assert run_cli(cli, *args, "--workers", 1, "--metrics", "matting") == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    result = json.loads(out.read_text())["DIS-TE1"]
+    keys = [key for key in result if key not in REPORT_KEYS | {"metrics"}]
+    dis_rest = [key for key in DIS_KEYS if key != "MAE"]
+    assert keys == ["MAE", *MATTING_KEYS, *([] if soft else dis_rest)]
+    assert header[2:7] == ["MAE", "SAD", "MSE(x1e3)", "Grad", "Conn"] and ("maxFm" in header) != soft
+    assert result["metrics"] == "matting" and result["matting_region"] == "whole"
+    arrays = direct_arrays(folders, "abc")
+    plain = np.mean([np.abs(pred.astype(float) - gt.astype(float)).mean() / 255 for pred, gt, _ in arrays])
+    assert result["MAE"] == pytest.approx(plain, rel=1e-12)
+    dis = summarize_dis([dis_image_stats(pred, gt) for pred, gt, _ in arrays])
+    if soft:
+        assert abs(result["MAE"] - dis["MAE"]) > 1e-2  # the DIS MAE binarises the soft GT
+    assert_json_numbers(result, summarize_matting([matting_image_metrics(pred, gt) for pred, gt, _ in arrays]))
+    if not soft:
+        assert_json_numbers(result, {key: dis[key] for key in dis_rest})
+
+
 def test_cli_process_pool_gives_the_same_numbers(cli, tmp_path):
     folders = make_dis_layout(tmp_path, seed=3)
     outputs = {}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -86,6 +87,35 @@ def test_matting_validation_best_and_frozen_backbone(straight):
         "linear",
         "round",
     )
+
+
+def test_evaluate_checkpoint_with_matting_metrics(data_root, straight, tmp_path, capsys):
+    """`evaluate.py --checkpoint WORKDIR --data ROOT --trimap-dir T`: the system's matting set over the unknown
+    region, equal to a direct evaluation of the saved predictions."""
+    import importlib.util
+
+    from jaxmatte.metrics.matting import matting_image_metrics, summarize_matting
+
+    spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "evaluate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    val = Path(data_root) / "val"
+    out, preds = tmp_path / "eval.json", tmp_path / "preds"
+    args = ["--checkpoint", straight["workdir"], "--data", val, "--trimap-dir", val / "trimaps"]
+    assert cli.main([str(a) for a in [*args, "--json", out, "--save-preds", preds, "--worst", 0]]) == 0
+    result = json.loads(out.read_text())["val"]
+    assert result["metrics"] == "matting" and result["matting_region"] == "unknown" and result["images"] == 2
+    assert "maxFm" not in result and result["prediction"]["family"] == "dinomatte"
+    rows = []
+    for gt_path in sorted((val / "alpha_maps").iterdir()):
+        gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)
+        pred = cv2.imread(str(preds / "val" / f"{gt_path.stem}.png"), cv2.IMREAD_GRAYSCALE)
+        trimap = cv2.imread(str(val / "trimaps" / f"{gt_path.stem}.png"), cv2.IMREAD_GRAYSCALE)
+        assert pred.shape == gt.shape
+        rows.append((np.abs(pred.astype(float) - gt).mean() / 255, matting_image_metrics(pred, gt, trimap)))
+    assert result["MAE"] == pytest.approx(np.mean([mae for mae, _ in rows]), rel=1e-9)
+    expected = summarize_matting([metrics for _, metrics in rows])
+    assert {k: result[k] for k in expected} == pytest.approx(expected, rel=1e-9)
 
 
 def test_exact_resume_after_crash(data_root, straight, tmp_path):

@@ -89,6 +89,14 @@ def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return quantize_alpha(pred, "pred"), quantize_alpha(gt, "gt")
 
 
+def alpha_mae(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Plain MAE of two mattes over the whole image: mean |pred - gt| / 255 (uint8, or [0, 1] floats quantised);
+    no min-max normalisation and no binarisation, unlike the DIS MAE."""
+    pred, gt = _check_pair(pred, gt)
+    diff = np.abs(pred.astype(np.int32) - gt.astype(np.int32))
+    return float(np.sum(diff, dtype=np.int64)) / 255.0 / max(diff.size, 1)
+
+
 def sad_error(pred: np.ndarray, gt: np.ndarray, region: np.ndarray) -> float:
     """Official SAD: sum over the region of |pred - gt| / 255, then / 1000 (uint8 inputs)."""
     diff = np.abs(pred.astype(np.int32) - gt.astype(np.int32))
