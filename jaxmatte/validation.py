@@ -6,8 +6,9 @@ dataset record) and summarises the split. A system names its suite and the metri
 
 - ``dis``: the DIS metrics (maxFm, wFmeasure, MAE, Smeasure, E-measures, HCE), GT > 128 foreground;
 - ``matting``: `jaxmatte.evaluation`'s matting set: the plain MAE of [0, 1] values and the official SAD, MSE, Grad, Conn
-  over the whole image, or over the unknown region of a record's trimap; the DIS metrics as well when the ground truth
-  is binary (soft fraction at most `jaxmatte.evaluation.SOFT_GT_FRACTION`).
+  over the whole image (``region="whole"``, the trimap-free protocol) or the unknown region of each record's trimap
+  (``region="unknown"``, `data.val_region`); the DIS metrics as well when the ground truth is binary (soft fraction
+  at most `jaxmatte.evaluation.SOFT_GT_FRACTION`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import numpy as np
 from jaxmatte.evaluation import MATTING_TABLE_KEYS, Evaluation, evaluate_arrays, summarize
 from jaxmatte.metrics.dis import DIS_KEYS, dis_image_stats, resize_to_gt, summarize_dis
 
+REGIONS = ("whole", "unknown")
+
 
 class DISValidation:
     metrics: ClassVar[tuple[str, ...]] = DIS_KEYS
 
-    def __init__(self) -> None:
+    def __init__(self, region: str = "whole") -> None:
+        del region  # the DIS metrics cover the whole image
         self.stats: list[Any] = []
 
     def add(self, prediction: np.ndarray, record: dict[str, Any]) -> None:
@@ -36,16 +40,25 @@ class DISValidation:
 class MattingValidation:
     metrics: ClassVar[tuple[str, ...]] = MATTING_TABLE_KEYS
 
-    def __init__(self) -> None:
+    def __init__(self, region: str = "whole") -> None:
+        if region not in REGIONS:
+            raise ValueError(f"data.val_region must be one of {REGIONS}, got {region!r}")
+        self.region = region
         self.results: list[Any] = []
 
     def add(self, prediction: np.ndarray, record: dict[str, Any]) -> None:
         gt = record["mask"]
         gt = gt[..., 0] if gt.ndim == 3 else gt
-        trimap = record.get("trimap")
-        if trimap is not None and trimap.ndim == 3:
-            trimap = trimap[..., 0]
         name = str(record.get("name", len(self.results)))
+        trimap = None
+        if self.region == "unknown":
+            trimap = record.get("trimap")
+            if trimap is None:
+                raise ValueError(
+                    f"validation image {name}: data.val_region='unknown' needs a trimap (data.trimap_dir, or a "
+                    "trimaps/ folder in the validation root)"
+                )
+            trimap = trimap[..., 0] if trimap.ndim == 3 else trimap
         self.results.append(evaluate_arrays(name, prediction, gt, trimap, with_matting=True, metrics="matting"))
 
     def summary(self) -> dict[str, float]:

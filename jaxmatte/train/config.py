@@ -53,7 +53,8 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.data.val_roots = ["DIS5K/DIS-VD"]
     c.data.train_select = ""  # a slice of the sorted training records, e.g. "0:20"; "" = all
     c.data.val_select = ""  # the same for validation, e.g. "20:27" (two splits of one folder)
-    c.data.trimap_dir = ""  # validation: trimaps by stem (matting metrics over the unknown region); "" = auto
+    c.data.trimap_dir = ""  # trimaps by stem; "" = the roots' trimaps/ or trimap/ folders, when present
+    c.data.val_region = "whole"  # matting metrics over the "whole" image or the trimaps' "unknown" region
     c.data.synthetic = "dis"  # kind of the embedded data written to `synthetic_root`: dis | matting
     c.data.synthetic_root = ""  # non-empty: write synthetic data there and train / validate on it
     c.data.synthetic_train = 96

@@ -294,7 +294,7 @@ class Trainer:
         """The system's validation suite at the original resolution; exports ``best/`` on improvement."""
         t = self.config.train
         dataset = make_dataset(self.val_source, self.policy, train=False, batch_size=self.val_batch_size)
-        suite = validation.SUITES[self.system.validation]()
+        suite = validation.SUITES[self.system.validation](region=self.config.data.val_region)
         samples = []
         for index in range(len(dataset)):
             batch = dataset[index]
