@@ -8,10 +8,11 @@ the parsed arguments, and returns a `Converted` (module, config, info) that `sav
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flax import nnx
 
 
@@ -35,3 +36,16 @@ class Converter:
     timm_resizing: bool = False
     window_size: bool = False
     needs_src: bool = True
+
+
+def json_ready(value: Any) -> Any:
+    """Checkpoint metadata (read as data) as JSON-able values: mappings, sequences, arrays, scalars; the rest repr'd."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)

@@ -47,7 +47,7 @@ from jaxmatte.models.dinomatte.modeling import (
 from jaxmatte.preprocessing import Preprocessing
 from port import dinov3 as port_dinov3
 from port import load
-from port.converter import Converted, Converter
+from port.converter import Converted, Converter, json_ready
 from port.table import PortError, Rule, Table, batch_norm, block_count, chain, conv, port
 
 KIND = "dinomatte"
@@ -227,18 +227,6 @@ def _head_problems(head_sd: Mapping[str, np.ndarray], config: DinoMatteConfig) -
     return problems
 
 
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return repr(value)
-
-
 # --------------------------------------------------------------------------------------------------- conversion
 
 
@@ -307,9 +295,9 @@ def convert_checkpoint(
         "boundary_refinement": head.boundary_refinement,
         "preprocessing": ORIGINAL_PREPROCESSING.to_dict(),
     }
-    info |= {k: _json_ready(parts.meta[k]) for k in ("epoch", "loss", "model_size") if k in parts.meta}
+    info |= {k: json_ready(parts.meta[k]) for k in ("epoch", "loss", "model_size") if k in parts.meta}
     if isinstance(parts.meta.get("config"), Mapping):
-        info["original_config"] = _json_ready(parts.meta["config"])
+        info["original_config"] = json_ready(parts.meta["config"])
     return Converted(model, config, info)
 
 

@@ -44,7 +44,7 @@ from jaxmatte.preprocessing import KEY as PREPROCESSING_KEY
 from jaxmatte.preprocessing import Preprocessing
 from port import load
 from port import swin as port_swin
-from port.converter import Converted, Converter
+from port.converter import Converted, Converter, json_ready
 from port.table import PortError, Rule, Table, batch_norm, block_count, chain, conv, norm, port
 
 KINDS = ("tsr", "twinswin")
@@ -130,7 +130,7 @@ def split_checkpoint(checkpoint: Any, *, source: str = "checkpoint") -> Parts:
             if checkpoint.get(key) is not None:
                 separate[part] = load.unwrap_state_dict(checkpoint[key], source=f"{source} [{key!r}]")
         if isinstance(checkpoint.get("meta"), Mapping):
-            meta = _json_ready(checkpoint["meta"])
+            meta = json_ready(checkpoint["meta"])
     else:
         layout = "state dict"
         student = load.unwrap_state_dict(checkpoint, source=source)
@@ -149,18 +149,6 @@ def split_checkpoint(checkpoint: Any, *, source: str = "checkpoint") -> Parts:
     if not parts["student"]:
         raise PortError(f"{source}: no student weights (backbone.*, up1.*, ..., head.*)")
     return Parts(parts["student"], parts["refiner"], parts["teacher"], layout, meta)
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return repr(value)
 
 
 def _width(state_dict: Mapping[str, np.ndarray], key: str, default: int) -> int:

@@ -51,3 +51,9 @@ class FeatureInfo:
         """The info of the chosen levels only (in the order asked)."""
         chosen = self.resolve(indices)
         return FeatureInfo(tuple(self.levels[i] for i in chosen), tuple(range(len(chosen))))
+
+
+def block_levels(depth: int, channels: int, stride: int) -> FeatureInfo:
+    """A plain ViT's levels: one per block `blocks.{i}` at the patch stride; the last block by default."""
+    levels = tuple(FeatureLevel(f"blocks.{i}", channels, stride) for i in range(depth))
+    return FeatureInfo(levels, (depth - 1,))

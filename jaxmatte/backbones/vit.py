@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmatte.backbones.features import FeatureInfo, FeatureLevel
+from jaxmatte.backbones.features import FeatureInfo, block_levels
 from jaxmatte.layers import DropPath, Mlp, attention, layer_norm, linear, patch_conv
 from jaxmatte.registry import register
 
@@ -314,9 +314,7 @@ class VisionTransformer(nnx.Module):
 
     def feature_info(self) -> FeatureInfo:
         """One level per block `blocks.{i}` (embed_dim channels at the patch stride); the last block by default."""
-        c = self.config
-        levels = tuple(FeatureLevel(f"blocks.{i}", c.embed_dim, c.patch_size) for i in range(c.depth))
-        return FeatureInfo(levels, (c.depth - 1,))
+        return block_levels(self.config.depth, self.config.embed_dim, self.config.patch_size)
 
     def forward_intermediates(
         self, x: jax.Array, indices: Sequence[int] | None = None, *, norm: bool = False

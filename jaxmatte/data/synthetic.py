@@ -392,14 +392,15 @@ def _imwrite(path: Path, array: np.ndarray, params: list[int] | None = None) -> 
         raise OSError(f"{path}: could not be written")
 
 
-def _read_manifest(path: Path) -> dict | None:
+def _read_manifest(path: Path, kind: str = FORMAT) -> dict | None:
+    """The folder's manifest when it is readable and of `kind`, else None (the folder is then written anew)."""
     if not path.is_file():
         return None
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == kind else None
 
 
 def _complete(root: Path, manifest: dict) -> bool:

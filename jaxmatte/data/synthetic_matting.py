@@ -29,6 +29,7 @@ from jaxmatte.data.synthetic import (
     _hair,
     _imwrite,
     _point,
+    _read_manifest,
     _stem,
 )
 
@@ -182,7 +183,7 @@ def write_synthetic_matting(
         "jpeg_quality": int(jpeg_quality),
     }
     manifest_path = root / MANIFEST
-    previous = _read_manifest_of(manifest_path)
+    previous = _read_manifest(manifest_path, FORMAT)
     if previous == manifest and _complete(root, manifest):
         return root
     if previous is not None:
@@ -210,16 +211,6 @@ def write_synthetic_matting(
             _imwrite(folders[2] / f"{stem}.png", trimap_from_alpha(sample.alpha_u8))
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return root
-
-
-def _read_manifest_of(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
 def _complete(root: Path, manifest: dict) -> bool:

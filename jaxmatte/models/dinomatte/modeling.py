@@ -170,8 +170,7 @@ PRESETS: dict[str, DinoMatteConfig] = {
     # the original system exactly, training quirks included (§9.2: RoPE rescale in train mode; §9.5: padding rule)
     "faithful": DinoMatteConfig(pad_rule="original", rope_rescale_train=True),
     # jaxmatte's multi-scale decoder with an RGB detail path, for 448 / 896 inputs
-    "small_detail": _detail("small"),
-    "base_detail": _detail("base"),
+    **{f"{size}_detail": _detail(size) for size in ("small", "base", "large", "huge_plus")},
 }
 
 
