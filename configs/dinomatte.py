@@ -42,4 +42,5 @@ def get_config(arg=None):
         config.optim.lr = 3e-4
         config.data.val_batch_size = 7
         config.train.compute_dtype = "float32"
+        config.train.val_at_start = True
     return config
