@@ -29,6 +29,20 @@ def layer_norm(dim: int, eps: float, *, dtype: Dtype, param_dtype: Dtype, rngs: 
     return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
+def group_norm(features: int, groups: int = 1, eps: float = 1e-5, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
+    """`nn.GroupNorm(groups, features)`: statistics per sample over (H, W, channels of the group), per-channel affine;
+    `groups=1` normalises over (H, W, C) as ViTDet / SimpleFPN necks do."""
+    return nnx.GroupNorm(
+        features,
+        num_groups=groups,
+        epsilon=eps,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
 def linear(
     in_features: int, out_features: int, *, use_bias: bool = True, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs
 ) -> nnx.Linear:

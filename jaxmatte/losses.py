@@ -13,7 +13,9 @@ clamp's bounds, 0 at them), so gradients agree with autograd also at ties.
 
 TwinSwin / TSR (``tsr_twinswin.md`` §5): ``l1``, ``sobel_gradient``, ``ssim``, ``feature_alignment``, ``structure``,
 ``matting_loss``, ``twinswin_loss``, ``tsr_loss``. DINOv3 matting (``dinov3_matting.md`` §5): ``charbonnier``,
-``multiscale_gradient``, ``laplacian``, ``boundary``, ``dinov3_matting_loss``.
+``multiscale_gradient``, ``laplacian``, ``boundary``, ``dinov3_matting_loss``. SegTrimap (``segtrimap.md`` §8), on class
+logits against integer labels: ``normalized_focal_loss_softmax``, ``cross_entropy_loss``, ``unknown_distance_map``
+(host-side NumPy/SciPy), ``unknown_dt_loss``, ``segtrimap_loss``.
 """
 
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from scipy import ndimage
 
 __all__ = [
     "SOBEL_X",
@@ -30,6 +33,7 @@ __all__ = [
     "LAPLACIAN",
     "boundary",
     "charbonnier",
+    "cross_entropy_loss",
     "dinov3_matting_loss",
     "feature_alignment",
     "gaussian_window",
@@ -37,11 +41,15 @@ __all__ = [
     "laplacian",
     "matting_loss",
     "multiscale_gradient",
+    "normalized_focal_loss_softmax",
     "sobel_gradient",
+    "segtrimap_loss",
     "ssim",
     "structure",
     "tsr_loss",
     "twinswin_loss",
+    "unknown_distance_map",
+    "unknown_dt_loss",
 ]
 
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
@@ -383,3 +391,134 @@ def boundary(
     magnitude = _abs(diff)
     smooth = jnp.where(magnitude < 1.0, 0.5 * diff * diff, magnitude - 0.5)
     return jnp.mean(smooth * (1.0 + weight * mask))
+
+
+# --------------------------------------------------------------------------------- SegTrimap (trimap segmentation)
+
+# SegTrimap (``segtrimap.md`` §8) works on class logits ``(B, H, W, C)`` (C = 3: 0 = BG, 1 = Unknown, 2 = FG) that the
+# caller has already resized to the label size, and int labels ``(B, H, W)`` where ``ignore_label`` marks pixels to
+# skip. Labels other than ``ignore_label`` must lie in [0, C); an out-of-range class gathers NaN (it cannot raise
+# under jit).
+
+UNKNOWN_LABEL = 1
+SEGTRIMAP_LOSS_KINDS = ("nfl_dt", "ce", "ce_nfl", "nfl")
+
+
+def _class_inputs(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits, labels = _f32(logits), jnp.asarray(labels)
+    if logits.ndim != 4:
+        raise ValueError(f"expected NHWC logits (B, H, W, C), got shape {logits.shape}")
+    if labels.shape != logits.shape[:3]:
+        raise ValueError(f"label shape {labels.shape} != logits shape without classes {logits.shape[:3]}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    return logits, labels.astype(jnp.int32)
+
+
+def _true_class_log_prob(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Array:
+    """log softmax(z)[label] per pixel; 0 at invalid pixels (gathered at class 0 so no bad index reaches the gather)."""
+    log_prob = jax.nn.log_softmax(logits, axis=-1)
+    safe = jnp.where(valid, labels, 0)
+    picked = jnp.take_along_axis(log_prob, safe[..., None], axis=-1)[..., 0]
+    return jnp.where(valid, picked, 0.0)
+
+
+def normalized_focal_loss_softmax(
+    logits: jax.Array, labels: jax.Array, *, gamma: float = 2.0, ignore_label: int = -1, eps: float = 1e-12
+) -> jax.Array:
+    """Softmax normalised focal loss (§8.1), normalised over all valid pixels of the batch.
+
+    With p_t = exp(log_softmax(z)[label]) and w = (1 - p_t)^gamma over the N valid pixels of the whole batch, the
+    original's mean_i(-w_i·N/(Σw + eps)·log p_t,i) equals -Σ w·log p_t / (Σ w + eps), which is what is computed.
+    The normaliser is not detached (the gradient flows through Σ w). 0 when no pixel is valid.
+    """
+    logits, labels = _class_inputs(logits, labels)
+    valid = labels != ignore_label
+    log_pt = _true_class_log_prob(logits, labels, valid)
+    # Invalid pixels use base 1 so that pow's gradient stays finite there for any gamma.
+    base = jnp.where(valid, 1.0 - jnp.exp(log_pt), 1.0)
+    weight = jnp.where(valid, jnp.power(base, gamma), 0.0)
+    return -jnp.sum(weight * log_pt) / (jnp.sum(weight) + eps)
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array, *, ignore_label: int = -1) -> jax.Array:
+    """Mean of -log softmax(z)[label] over the valid pixels (``F.cross_entropy(ignore_index=...)``); 0 if none."""
+    logits, labels = _class_inputs(logits, labels)
+    valid = labels != ignore_label
+    log_pt = _true_class_log_prob(logits, labels, valid)
+    count = jnp.sum(valid.astype(jnp.float32))
+    return -jnp.sum(log_pt) / jnp.maximum(count, 1.0)
+
+
+def unknown_distance_map(labels: np.ndarray) -> np.ndarray:
+    """Host-side §8.2 distance map: ``scipy.ndimage.distance_transform_edt(labels == 1)`` per image, float32.
+
+    Each Unknown pixel gets its Euclidean distance to the nearest non-Unknown pixel of its own image; every other
+    pixel gets 0, and the array border does not count as non-Unknown. Accepts ``(H, W)`` or ``(B, H, W)`` (each image
+    separately, never a 3-D transform). Edge cases, as SciPy (hence the original) computes them: no Unknown pixel gives
+    all zeros; an image that is entirely Unknown has no non-Unknown pixel, and SciPy then measures to a virtual one at
+    (row -1, column 0), i.e. D[i, j] = sqrt((i + 1)² + j²).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"expected labels (H, W) or (B, H, W), got shape {labels.shape}")
+    unknown = labels == UNKNOWN_LABEL
+    if labels.ndim == 2:
+        return ndimage.distance_transform_edt(unknown).astype(np.float32)
+    out = np.zeros(labels.shape, np.float32)
+    for index, image in enumerate(unknown):
+        if image.any():
+            out[index] = ndimage.distance_transform_edt(image)
+    return out
+
+
+def unknown_dt_loss(logits: jax.Array, labels: jax.Array, distance: jax.Array) -> jax.Array:
+    """UnknownRegionDTLoss (§8.2): mean over the batch of mean_{H·W}((1 - softmax(z)_Unknown)·[label = 1]·D).
+
+    ``distance`` is ``unknown_distance_map(labels)`` (data, not differentiated). Images without Unknown pixels give 0
+    and still count in the batch mean; ignore pixels are not excluded (as the original).
+    """
+    logits, labels = _class_inputs(logits, labels)
+    distance = lax.stop_gradient(_f32(distance))
+    if distance.shape != labels.shape:
+        raise ValueError(f"distance shape {distance.shape} != label shape {labels.shape}")
+    unknown = (labels == UNKNOWN_LABEL).astype(jnp.float32)
+    prob_unknown = jax.nn.softmax(logits, axis=-1)[..., UNKNOWN_LABEL]
+    per_image = jnp.mean((1.0 - prob_unknown) * unknown * distance, axis=(1, 2))
+    return jnp.mean(per_image)
+
+
+def segtrimap_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    distance: jax.Array | None = None,
+    *,
+    kind: str = "nfl_dt",
+    w_nfl: float = 1.0,
+    w_dt: float = 0.1,
+    w_ce: float = 1.0,
+    gamma: float = 2.0,
+    ignore_label: int = -1,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """SegTrimap total (§8.3); ``kind`` and the weights are static.
+
+    ``"nfl_dt"`` (headline): w_nfl·NFL + w_dt·DT, needs ``distance``; ``"ce"``: w_ce·CE; ``"ce_nfl"``: w_ce·CE +
+    w_nfl·NFL (the original configurations use w_nfl 0.1 and 0.5); ``"nfl"``: w_nfl·NFL. Terms: the unweighted
+    ``nfl``, ``dt``, ``ce`` that the kind uses, and the weighted total as ``loss``.
+    """
+    if kind not in SEGTRIMAP_LOSS_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(SEGTRIMAP_LOSS_KINDS)}; got {kind!r}")
+    terms: dict[str, jax.Array] = {}
+    total = jnp.zeros((), jnp.float32)
+    if kind in ("ce", "ce_nfl"):
+        terms["ce"] = cross_entropy_loss(logits, labels, ignore_label=ignore_label)
+        total = total + w_ce * terms["ce"]
+    if kind in ("nfl_dt", "ce_nfl", "nfl"):
+        terms["nfl"] = normalized_focal_loss_softmax(logits, labels, gamma=gamma, ignore_label=ignore_label)
+        total = total + w_nfl * terms["nfl"]
+    if kind == "nfl_dt":
+        if distance is None:
+            raise ValueError("kind 'nfl_dt' needs the distance map (unknown_distance_map(labels))")
+        terms["dt"] = unknown_dt_loss(logits, labels, distance)
+        total = total + w_dt * terms["dt"]
+    return total, {**terms, "loss": total}

@@ -25,7 +25,7 @@ from typing import Any
 _FAMILIES: dict[str, tuple[type, type]] = {}
 _SYSTEMS: dict[str, System] = {}
 _BACKBONE_MODULES = ("jaxmatte.backbones.swin", "jaxmatte.backbones.vit", "jaxmatte.backbones.dinov3")
-OUTPUT_KINDS = ("alpha", "trimap")
+OUTPUT_KINDS = ("alpha", "trimap")  # see jaxmatte.outputs
 _discovered = False
 
 
@@ -80,6 +80,12 @@ class System:
     run_config)` fills a fresh model from `model.backbone_weights` / `model.init_from`, `prepare(trainer, model)` runs
     once before the first step of a fresh run, `export(model, model_config)` returns what ``best/`` and ``last/`` save.
     `converters`: the `port/convert.py` kinds that write this family.
+
+    Inputs: `inputs` names the batch entries `infer(model, *inputs)` and the loss read ("image" first; e.g. SegTrimap
+    adds "input_mask"). `example(run_config, policy)` returns the per-record field builder of the data pipeline
+    (`jaxmatte.data.pipeline.MattingFields` when None): ``fields(record, train) -> (arrays, placement)``.
+    `augment(run_config)` returns the training augmentation (a grain RandomMap on records at the original
+    resolution) or None; when the hook itself is None the shared `Augment` of ``data.augmentation`` is used.
     """
 
     name: str
@@ -95,6 +101,9 @@ class System:
     prepare: Callable[[Any, Any], None] | None = None
     export: Callable[[Any, Any], tuple[Any, Any]] | None = None
     converters: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ("image",)
+    example: Callable[[Any, Any], Any] | None = None
+    augment: Callable[[Any], Any] | None = None
 
     @property
     def config_cls(self) -> type:
@@ -125,7 +134,9 @@ def register_system(system: System) -> System:
         problems.append(f"best_mode must be 'min' or 'max', got {system.best_mode!r}")
     if system.infer is None:
         problems.append("infer (model, images) -> output is required")
-    for hook in ("configure", "warm_start", "prepare", "export"):
+    if not system.inputs or system.inputs[0] != "image" or len(set(system.inputs)) != len(system.inputs):
+        problems.append(f"inputs must start with 'image' and name each entry once, got {system.inputs}")
+    for hook in ("configure", "warm_start", "prepare", "export", "example", "augment"):
         value = getattr(system, hook)
         if value is not None and not callable(value):
             problems.append(f"{hook} must be callable or None")

@@ -8,7 +8,12 @@ dataset record) and summarises the split. A system names its suite and the metri
 - ``matting``: `jaxmatte.evaluation`'s matting set: the plain MAE of [0, 1] values and the official SAD, MSE, Grad, Conn
   over the whole image (``region="whole"``, the trimap-free protocol) or the unknown region of each record's trimap
   (``region="unknown"``, `data.val_region`); the DIS metrics as well when the ground truth is binary (soft fraction
-  at most `jaxmatte.evaluation.SOFT_GT_FRACTION`).
+  at most `jaxmatte.evaluation.SOFT_GT_FRACTION`);
+- ``trimap``: the clean trimap block of `jaxmatte.metrics.trimap` (pooled IoU per class, mIoU, unknown precision /
+  recall / F1, swap and miss rates) of predicted class ids against the record's trimap (or the trimap derived from
+  its alpha, `data.unknown_band` pixels wide), at the original resolution.
+
+`make_suite(name, data_config)` builds a suite with the run's data settings.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from jaxmatte.data.trimaps import DEFAULT_UNKNOWN_BAND, record_labels
 from jaxmatte.evaluation import MATTING_TABLE_KEYS, Evaluation, evaluate_arrays, summarize
 from jaxmatte.metrics.dis import DIS_KEYS, dis_image_stats, resize_to_gt, summarize_dis
+from jaxmatte.metrics.trimap import TRIMAP_KEYS, TrimapMetrics
 
 REGIONS = ("whole", "unknown")
 
@@ -65,4 +72,32 @@ class MattingValidation:
         return summarize("validation", Evaluation(self.results, [], "whole", metrics="matting")).summary
 
 
-SUITES: dict[str, type] = {"dis": DISValidation, "matting": MattingValidation}
+class TrimapValidation:
+    metrics: ClassVar[tuple[str, ...]] = TRIMAP_KEYS
+
+    def __init__(self, region: str = "whole", unknown_band: int = DEFAULT_UNKNOWN_BAND) -> None:
+        del region  # trimap metrics cover the whole image
+        self.unknown_band = int(unknown_band)
+        self.accumulator = TrimapMetrics()
+
+    def add(self, prediction: np.ndarray, record: dict[str, Any]) -> None:
+        labels = record_labels(record, self.unknown_band)
+        if prediction.shape != labels.shape:
+            name = record.get("name", "?")
+            raise ValueError(f"validation image {name}: prediction {prediction.shape} vs labels {labels.shape}")
+        self.accumulator.add(prediction, labels)
+
+    def summary(self) -> dict[str, float]:
+        return self.accumulator.summary()
+
+
+SUITES: dict[str, type] = {"dis": DISValidation, "matting": MattingValidation, "trimap": TrimapValidation}
+
+
+def make_suite(name: str, data: Any) -> Any:
+    """The suite `name` with the run's ``data`` settings (`val_region`, and `unknown_band` where it applies)."""
+    if name not in SUITES:
+        raise KeyError(f"unknown validation suite {name!r}; known: {sorted(SUITES)}")
+    if name == "trimap":
+        return TrimapValidation(unknown_band=int(data.get("unknown_band", DEFAULT_UNKNOWN_BAND)))
+    return SUITES[name](region=data.val_region)

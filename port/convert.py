@@ -85,7 +85,7 @@ def run(argv: list[str] | None = None) -> Converted:
     elif args.src is None:
         checkpoint = None
     else:
-        checkpoint = load.read_checkpoint(args.src)
+        checkpoint = load.read_checkpoint(args.src, allow=converter.allowed_classes)
     source = str(args.src) if args.src is not None else ""
     converted = converter.convert(checkpoint, source=source, args=args)
     from jaxmatte import save_pretrained

@@ -27,7 +27,8 @@ class Converted:
 class Converter:
     """`kind` is the CLI subcommand; `timm_resizing` adds the `--timm-model/--img-size` options (and
     `--window-size` with `window_size`); `needs_src`: whether `--src` is required (a converter reading its own files
-    takes `checkpoint=None` without it)."""
+    takes `checkpoint=None` without it); `allowed_classes`: torch classes (dotted names) the weights-only reader may
+    rebuild for this kind's files (e.g. a loss object pickled into a trainer's config record)."""
 
     kind: str
     help: str
@@ -36,6 +37,7 @@ class Converter:
     timm_resizing: bool = False
     window_size: bool = False
     needs_src: bool = True
+    allowed_classes: tuple[str, ...] = ()
 
 
 def json_ready(value: Any) -> Any:

@@ -19,8 +19,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or has no usable state dict."""
 
 
-def read_checkpoint(path: str | Path) -> Any:
-    """The checkpoint's top-level object with every tensor turned into a numpy array."""
+def read_checkpoint(path: str | Path, *, allow: Iterable[str] = ()) -> Any:
+    """The checkpoint's top-level object with every tensor turned into a numpy array.
+
+    `allow`: dotted names of further torch classes the weights-only reader may rebuild (torch's own classes only,
+    e.g. ``torch.nn.CrossEntropyLoss`` stored in a trainer's config record); nothing outside torch is accepted."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -28,14 +31,28 @@ def read_checkpoint(path: str | Path) -> Any:
         return _read_safetensors(path)
     import torch
 
+    extra = [_torch_class(name) for name in allow]
     try:
-        with torch.serialization.safe_globals(_numpy_data_globals()):
+        with torch.serialization.safe_globals(_numpy_data_globals() + extra):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear message
         raise CheckpointError(
             f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(err).__name__}: {err})"
         ) from err
     return _to_numpy(obj)
+
+
+def _torch_class(name: str) -> type:
+    """The torch class `name` (``torch.``-qualified); anything else is refused."""
+    import importlib
+
+    module, _, attribute = name.rpartition(".")
+    if module != "torch" and not module.startswith("torch."):
+        raise CheckpointError(f"only torch classes can be allowed in a weights-only load, not {name!r}")
+    found = getattr(importlib.import_module(module), attribute, None)
+    if not isinstance(found, type):
+        raise CheckpointError(f"{name!r} is not a torch class")
+    return found
 
 
 def _numpy_data_globals() -> list[Any]:

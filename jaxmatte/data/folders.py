@@ -6,9 +6,11 @@ Layouts of a root (split) folder, image folder + ground-truth folder:
 - DINOv3 matting: ``rgb_images/`` + ``alpha_maps/``;
 - alphamatting.com style: ``image/`` + ``alpha/``.
 
-`MattingFolders` (and `open_folders`) read all three, and optionally trimaps by stem (a ``trimaps/`` or ``trimap/``
-folder in the root, or an explicit `trimap_dir`). A source is what grain's `MapDataset.source` takes: picklable,
-`len()`, `[int]` returning ``{"image": HxWx3 uint8 RGB, "mask": HxW uint8, "name": stem[, "trimap": HxW uint8]}``,
+`MattingFolders` (and `open_folders`) read these and the original SegTrimap layout ``original/`` + ``mask/`` (the
+ground-truth alpha despite the name), and optionally, by stem, trimaps (a ``trimaps/`` or ``trimap/`` folder in the
+root, or an explicit `trimap_dir`) and given input masks (`input_mask_dir`, e.g. coarse object masks for SegTrimap). A source is what grain's `MapDataset.source` takes: picklable,
+`len()`, `[int]` returning ``{"image": HxWx3 uint8 RGB, "mask": HxW uint8, "name": stem[, "trimap": HxW uint8]
+[, "input_mask": HxW uint8]}``,
 files read lazily through `jaxmatte.data.io`.
 """
 
@@ -49,9 +51,13 @@ class DISFolders:
         *,
         validate: bool = True,
         trimap_dir: str | os.PathLike | None = None,
+        input_mask_dir: str | os.PathLike | None = None,
     ):
-        if trimap_dir is not None and not self.TRIMAP_FOLDERS:
-            raise ValueError(f"{type(self).__name__} reads no trimaps; use MattingFolders")
+        if (trimap_dir is not None or input_mask_dir is not None) and not self.TRIMAP_FOLDERS:
+            raise ValueError(f"{type(self).__name__} reads no trimaps or input masks; use MattingFolders")
+        self.input_mask_dir = Path(input_mask_dir) if input_mask_dir is not None else None
+        if self.input_mask_dir is not None and not self.input_mask_dir.is_dir():
+            raise FileNotFoundError(f"{self.input_mask_dir}: input mask folder does not exist")
         self.trimap_dir = Path(trimap_dir) if trimap_dir is not None else None
         if self.trimap_dir is not None and not self.trimap_dir.is_dir():
             raise FileNotFoundError(f"{self.trimap_dir}: trimap folder does not exist")
@@ -61,7 +67,7 @@ class DISFolders:
         if not self.roots:
             raise ValueError("DISFolders needs at least one root folder")
         self.problems: list[tuple[Path, str]] = []
-        pairs: list[tuple[str, str, str, str]] = []
+        pairs: list[tuple[str, str, str, str, str]] = []
         for root in self.roots:
             pairs.extend(self._pair(root, validate))
         self._pairs = pairs
@@ -80,10 +86,12 @@ class DISFolders:
         return len(self._pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image_path, gt_path, name, trimap_path = self._pairs[index]
+        image_path, gt_path, name, trimap_path, input_mask_path = self._pairs[index]
         record = {"image": read_image(image_path), "mask": read_mask(gt_path), "name": name}
         if trimap_path:
             record["trimap"] = read_mask(trimap_path)
+        if input_mask_path:
+            record["input_mask"] = read_mask(input_mask_path)
         return record
 
     def __repr__(self) -> str:
@@ -96,7 +104,7 @@ class DISFolders:
 
     def paths(self, index: int) -> tuple[Path, Path]:
         """(image path, ground-truth path) of pair `index`."""
-        image_path, gt_path, _, _ = self._pairs[index]
+        image_path, gt_path = self._pairs[index][:2]
         return Path(image_path), Path(gt_path)
 
     def trimap_path(self, index: int) -> Path | None:
@@ -126,10 +134,12 @@ class DISFolders:
             return self.trimap_dir
         return next((root / n for n in self.TRIMAP_FOLDERS if (root / n).is_dir()), None)
 
-    def _pair(self, root: Path, validate: bool) -> list[tuple[str, str, str, str]]:
+    def _pair(self, root: Path, validate: bool) -> list[tuple[str, str, str, str, str]]:
         image_dir, gt_dir = self.layout(root)
         trimap_dir = self._trimap_folder(root)
         trimaps = {path.stem: path for path in list_images(trimap_dir)} if trimap_dir is not None else {}
+        mask_dir = self.input_mask_dir
+        input_masks = {path.stem: path for path in list_images(mask_dir)} if mask_dir is not None else {}
 
         images: dict[str, Path] = {}
         for path in list_images(image_dir):
@@ -159,9 +169,13 @@ class DISFolders:
             if trimap_dir is not None and trimap is None:
                 self.problems.append((image_path, f"image without a trimap in {trimap_dir}"))
                 continue
+            input_mask = input_masks.get(stem)
+            if mask_dir is not None and input_mask is None:
+                self.problems.append((image_path, f"image without an input mask in {mask_dir}"))
+                continue
             if validate and not self._valid_pair(image_path, gt_path):
                 continue
-            pairs.append((str(image_path), str(gt_path), stem, str(trimap) if trimap else ""))
+            pairs.append((str(image_path), str(gt_path), stem, str(trimap or ""), str(input_mask or "")))
         return pairs
 
     def _valid_pair(self, image_path: Path, gt_path: Path) -> bool:
@@ -183,7 +197,7 @@ class MattingFolders(DISFolders):
     """`DISFolders` for every layout of the module docstring, with trimaps (``trimaps/`` / ``trimap/`` in the root,
     or `trimap_dir`): an image without its trimap is then listed as a problem and left out."""
 
-    LAYOUTS = (("im", "gt"), ("rgb_images", "alpha_maps"), ("image", "alpha"))
+    LAYOUTS = (("im", "gt"), ("rgb_images", "alpha_maps"), ("image", "alpha"), ("original", "mask"))
     TRIMAP_FOLDERS = ("trimaps", "trimap")
 
 
@@ -192,9 +206,10 @@ def open_folders(
     *,
     validate: bool = True,
     trimap_dir: str | os.PathLike | None = None,
+    input_mask_dir: str | os.PathLike | None = None,
 ) -> MattingFolders:
     """The dataset of `roots` in any supported layout (`MattingFolders`)."""
-    return MattingFolders(roots, validate=validate, trimap_dir=trimap_dir)
+    return MattingFolders(roots, validate=validate, trimap_dir=trimap_dir, input_mask_dir=input_mask_dir)
 
 
 def _checked_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:

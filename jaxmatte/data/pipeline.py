@@ -14,6 +14,10 @@ has the full batch size: the last one is padded by repeating the last record, fl
     {"image", "mask" as above, "index": int64 (B,) position in the source (re-read the original GT there),
      "name": str (B,), "placement": int32 (B, 6) (see `Placement`, for `ResizePolicy.restore`), "valid": bool (B,)}
 
+The fields come from a `fields(record, train) -> (arrays, placement)` builder: `MattingFields` (image and ground-truth
+mask, as above) by default; a system with other inputs or targets gives its own (`jaxmatte.registry.System.example`,
+e.g. SegTrimap's image + input mask + class labels + distance map).
+
 `make_iterator` runs a dataset in this process or in worker processes (``mp_prefetch``); both give identical
 batches, and `get_state()` / `set_state()` resume at the exact next batch.
 """
@@ -26,7 +30,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from jaxmatte.data.transforms import Augment, ResizePolicy, normalize
+from jaxmatte.data.transforms import ResizePolicy, normalize
 
 
 def batches_per_epoch(num_records: int, batch_size: int, *, train: bool, drop_remainder: bool = True) -> int:
@@ -43,14 +47,17 @@ def make_dataset(
     train: bool,
     batch_size: int,
     seed: int = 0,
-    augment: Augment | None = None,
+    augment: Any = None,
     drop_remainder: bool = True,
+    fields: Any = None,
 ) -> grain.MapDataset:
     """A grain `MapDataset` of dict batches; see the module docstring for layout and epoch length.
 
     `source` returns ``{"image": HxWx3 uint8, "mask": HxW uint8, "name": str}`` for ``source[i]`` (e.g.
-    `DISFolders`). `augment` and `drop_remainder` apply to training only.
+    `DISFolders`). `augment` (a grain RandomMap, e.g. `Augment`) and `drop_remainder` apply to training only;
+    `fields` builds the arrays of a record (default `MattingFields(policy)`).
     """
+    fields = MattingFields(policy) if fields is None else fields
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(source) == 0:
@@ -61,11 +68,11 @@ def make_dataset(
         dataset = grain.MapDataset.source(source).seed(seed).shuffle()
         if augment is not None:
             dataset = dataset.random_map(augment)
-        dataset = dataset.map(TrainExample(policy))
+        dataset = dataset.map(TrainExample(fields))
         return dataset.batch(batch_size, drop_remainder=drop_remainder).repeat(None)
 
     padded = PaddedSource(source, batches_per_epoch(len(source), batch_size, train=False) * batch_size)
-    return grain.MapDataset.source(padded).map(EvalExample(policy)).batch(batch_size)
+    return grain.MapDataset.source(padded).map(EvalExample(fields)).batch(batch_size)
 
 
 def make_iterator(
@@ -95,30 +102,40 @@ def ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-class TrainExample:
-    """{"image", "mask" (uint8, original size)} -> {"image": float32 SxSx3 normalised, "mask": float32 SxSx1}."""
+class MattingFields:
+    """A record's image (normalised canvas) and ground-truth mask (float32 canvas in [0, 1]) under `policy`."""
 
     def __init__(self, policy: ResizePolicy):
         self.policy = policy
 
-    def __call__(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
-        image, _ = self.policy.image(element["image"])
+    def __call__(self, element: dict[str, Any], train: bool) -> tuple[dict[str, np.ndarray], Any]:
+        del train
+        image, placement = self.policy.image(element["image"])
         mask = self.policy.mask(element["mask"])
-        return {"image": normalize(image), "mask": (mask.astype(np.float32) / np.float32(255.0))[..., None]}
+        fields = {"image": normalize(image), "mask": (mask.astype(np.float32) / np.float32(255.0))[..., None]}
+        return fields, placement
+
+
+class TrainExample:
+    """A (possibly augmented) record -> the arrays of `fields`, e.g. {"image": float32 SxSx3, "mask": SxSx1}."""
+
+    def __init__(self, fields: Any):
+        self.fields = fields
+
+    def __call__(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+        return self.fields(element, True)[0]
 
 
 class EvalExample:
-    """A `PaddedSource` record -> the training pair plus index, name, placement and validity."""
+    """A `PaddedSource` record -> the arrays of `fields` plus index, name, placement and validity."""
 
-    def __init__(self, policy: ResizePolicy):
-        self.policy = policy
+    def __init__(self, fields: Any):
+        self.fields = fields
 
     def __call__(self, element: dict[str, Any]) -> dict[str, Any]:
-        image, placement = self.policy.image(element["image"])
-        mask = self.policy.mask(element["mask"])
+        arrays, placement = self.fields(element, False)
         return {
-            "image": normalize(image),
-            "mask": (mask.astype(np.float32) / np.float32(255.0))[..., None],
+            **arrays,
             "index": np.int64(element["index"]),
             "name": str(element["name"]),
             "placement": placement.as_array(),

@@ -98,21 +98,24 @@ class ResizePolicy:
         return self._place(mask, self.placement(*mask.shape[:2]), interpolation)
 
     def restore(self, prediction: np.ndarray, placement: Placement | Sequence[int] | np.ndarray) -> np.ndarray:
-        """An H x W float32 map from a size x size prediction: crop the padding, then cv2 INTER_LINEAR to (W, H)."""
+        """An H x W float32 map from a size x size prediction: crop the padding, then cv2 INTER_LINEAR to (W, H)
+        (half-pixel centres, no antialias). A size x size x C prediction (C > 1, e.g. class logits) keeps its
+        channels: H x W x C."""
         if not isinstance(placement, Placement):
             placement = Placement.from_array(placement)
         prediction = np.asarray(prediction, dtype=np.float32)
         if prediction.ndim == 3 and prediction.shape[-1] == 1:
             prediction = prediction[..., 0]
-        if prediction.shape != (self.size, self.size):
-            raise ValueError(f"expected a {self.size}x{self.size} prediction, got shape {prediction.shape}")
+        if prediction.shape[:2] != (self.size, self.size) or prediction.ndim not in (2, 3):
+            raise ValueError(f"expected a {self.size}x{self.size}[xC] prediction, got shape {prediction.shape}")
         inner = prediction[
             placement.top : placement.top + placement.inner_height,
             placement.left : placement.left + placement.inner_width,
         ]
-        if inner.shape == (placement.height, placement.width):
+        if inner.shape[:2] == (placement.height, placement.width):
             return np.ascontiguousarray(inner)
-        return cv2.resize(inner, (placement.width, placement.height), interpolation=cv2.INTER_LINEAR)
+        restored = cv2.resize(inner, (placement.width, placement.height), interpolation=cv2.INTER_LINEAR)
+        return restored.reshape(placement.height, placement.width, *inner.shape[2:])
 
     def _place(self, array: np.ndarray, placement: Placement, interpolation: str) -> np.ndarray:
         inner_shape = (placement.inner_height, placement.inner_width)

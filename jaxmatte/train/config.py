@@ -54,6 +54,7 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.data.train_select = ""  # a slice of the sorted training records, e.g. "0:20"; "" = all
     c.data.val_select = ""  # the same for validation, e.g. "20:27" (two splits of one folder)
     c.data.trimap_dir = ""  # trimaps by stem; "" = the roots' trimaps/ or trimap/ folders, when present
+    c.data.input_mask_dir = ""  # given input masks by stem (systems with a mask input); "" = derived by the system
     c.data.val_region = "whole"  # matting metrics over the "whole" image or the trimaps' "unknown" region
     c.data.synthetic = "dis"  # kind of the embedded data written to `synthetic_root`: dis | matting
     c.data.synthetic_root = ""  # non-empty: write synthetic data there and train / validate on it
@@ -72,13 +73,16 @@ def base_config(family: str) -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-4
+    c.optim.schedule = "cosine"  # per epoch: cosine (to eta_min) | multistep (x gamma at each milestone epoch)
+    c.optim.milestones = ()
+    c.optim.gamma = 0.1
     c.optim.eta_min = 1e-6
     c.optim.warmup_epochs = 0
     c.optim.weight_decay = 1e-4
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
-    c.optim.clip_norm = 1.0
+    c.optim.clip_norm = 1.0  # <= 0: no clipping
     c.optim.epochs = 70
     c.optim.batch_size = 2
     c.optim.accum_steps = 4

@@ -29,10 +29,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxmatte import registry, validation
+from jaxmatte import outputs, registry, validation
 from jaxmatte.data import ImageReadError, open_folders, write_synthetic_dis, write_synthetic_matting
 from jaxmatte.data.pipeline import batches_per_epoch, make_dataset, make_iterator
-from jaxmatte.data.transforms import Augment, ResizePolicy, to_uint8
+from jaxmatte.data.transforms import Augment, ResizePolicy
 from jaxmatte.train import state as train_state
 from jaxmatte.train.checkpoint import RunCheckpoints, export, export_info
 from jaxmatte.train.config import apply_override, default_workdir, load_config, merge_overrides, resolve_config_path
@@ -158,15 +158,19 @@ class Trainer:
         self.policy = ResizePolicy(
             data.policy, int(data.size), resample=data.resample, mask_resample=data.mask_resample
         )
-        self.train_source = SkippingSource(select(open_split(self.train_roots), data.train_select, "data.train_select"))
-        self.val_source: Any = select(
-            open_split(val_roots, trimap_dir=data.trimap_dir or None), data.val_select, "data.val_select"
-        )
+        companions = {"trimap_dir": data.trimap_dir or None, "input_mask_dir": data.input_mask_dir or None}
+        train_source = open_split(self.train_roots, **companions)
+        self.train_source = SkippingSource(select(train_source, data.train_select, "data.train_select"))
+        self.val_source: Any = select(open_split(val_roots, **companions), data.val_select, "data.val_select")
         if data.val_limit > 0:
             self.val_source = Subset(self.val_source, range(min(int(data.val_limit), len(self.val_source))))
         self.steps_per_epoch = batches_per_epoch(len(self.train_source), self.batch_size, train=True)
         self.total_steps = int(config.train.steps) or int(config.optim.epochs) * self.steps_per_epoch
-        self.augment = merge_overrides(Augment(), data.augmentation) if data.augment else None
+        self.augment = None
+        if data.augment:
+            hook = self.system.augment
+            self.augment = merge_overrides(Augment(), data.augmentation) if hook is None else hook(config)
+        self.fields = self.system.example(config, self.policy) if self.system.example is not None else None
         dataset = make_dataset(
             self.train_source,
             self.policy,
@@ -174,6 +178,7 @@ class Trainer:
             batch_size=self.batch_size,
             seed=config.seed,
             augment=self.augment,
+            fields=self.fields,
         )
         self.iterator = make_iterator(dataset, workers=int(data.workers))
 
@@ -284,27 +289,35 @@ class Trainer:
         info = export_info(self.config, self.step, self.last_val)
         return export(model, self.model_config, self.workdir / name, info)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """The system's output (alpha (B, S, S, 1)) in eval mode for normalised images (B a multiple of the device
-        count)."""
-        images = shard_batch({"image": images}, self.mesh)["image"]
-        return np.asarray(train_state.predict_step(self.eval_graphdef, self.state.params, self.state.rest, images))
+    def predict(self, inputs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        """The system's output in eval mode (alpha (B, S, S, 1), trimap logits (B, S, S, 3)) for a batch holding the
+        system's `inputs` (or, for image-only systems, normalised images); B a multiple of the device count."""
+        batch = inputs if isinstance(inputs, dict) else {"image": inputs}
+        missing = [name for name in self.system.inputs if name not in batch]
+        if missing:
+            raise KeyError(f"{self.system.name} predicts from {self.system.inputs}; the batch lacks {missing}")
+        sharded = shard_batch({name: batch[name] for name in self.system.inputs}, self.mesh)
+        arrays = tuple(sharded[name] for name in self.system.inputs)
+        return np.asarray(train_state.predict_step(self.eval_graphdef, self.state.params, self.state.rest, *arrays))
 
     def validate(self, log: RunLog | None = None) -> dict[str, float]:
         """The system's validation suite at the original resolution; exports ``best/`` on improvement."""
         t = self.config.train
-        dataset = make_dataset(self.val_source, self.policy, train=False, batch_size=self.val_batch_size)
-        suite = validation.SUITES[self.system.validation](region=self.config.data.val_region)
+        dataset = make_dataset(
+            self.val_source, self.policy, train=False, batch_size=self.val_batch_size, fields=self.fields
+        )
+        suite = validation.make_suite(self.system.validation, self.config.data)
+        kind = self.system.output
         samples = []
         for index in range(len(dataset)):
             batch = dataset[index]
-            output = self.predict(batch["image"])
+            output = self.predict(batch)
             for j in np.flatnonzero(batch["valid"]):
                 record = self.val_source[int(batch["index"][j])]
-                prediction = to_uint8(self.policy.restore(output[j], batch["placement"][j]))
+                prediction = outputs.finish(kind, output[j], batch["placement"][j], self.policy)
                 suite.add(prediction, record)
                 if len(samples) < int(t.sample_count):
-                    samples.append((record["image"], record["mask"], prediction))
+                    samples.append((record["image"], record["mask"], outputs.preview(kind, prediction)))
         metrics = suite.summary()
         self.last_val = metrics
         if log is not None:

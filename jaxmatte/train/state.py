@@ -106,12 +106,46 @@ def epoch_schedule(
     return schedule
 
 
+def multistep_schedule(
+    lr: float,
+    milestones: tuple[int, ...],
+    gamma: float,
+    steps_per_epoch: int,
+    accum: int = 1,
+    drop_partial: bool = False,
+) -> optax.Schedule:
+    """PyTorch's MultiStepLR stepped per epoch: lr x gamma^(number of `milestones` (epochs) reached), the epoch of an
+    update counted as in `epoch_schedule`."""
+    steps_per_epoch, accum = max(1, steps_per_epoch), max(1, accum)
+    full_updates = max(1, steps_per_epoch // accum)
+    bounds = jnp.asarray(sorted(milestones) or [2**30], dtype=jnp.int32)
+
+    def schedule(count):
+        epoch = count // full_updates if drop_partial else ((count + 1) * accum - 1) // steps_per_epoch
+        reached = jnp.sum(epoch >= bounds) if milestones else 0
+        return lr * jnp.power(jnp.float32(gamma), reached)
+
+    return schedule
+
+
+def _schedule(optim_values: tuple, steps_per_epoch: int, accum: int) -> optax.Schedule:
+    kind, lr, eta_min, epochs, warmup, milestones, gamma, drop_partial = optim_values
+    if kind == "cosine":
+        return epoch_schedule(lr, eta_min, epochs, steps_per_epoch, accum, warmup, drop_partial)
+    if kind == "multistep":
+        if warmup:
+            raise ValueError("optim.warmup_epochs is only supported with the cosine schedule")
+        return multistep_schedule(lr, milestones, gamma, steps_per_epoch, accum, drop_partial)
+    raise ValueError(f"optim.schedule must be 'cosine' or 'multistep', got {kind!r}")
+
+
 @functools.lru_cache(maxsize=16)
 def _optimizer(
-    lr, eta_min, epochs, steps_per_epoch, warmup, wd, b1, b2, eps, clip, accum, skip_nonfinite, drop_partial
+    schedule_values, steps_per_epoch, wd, b1, b2, eps, clip, accum, skip_nonfinite
 ) -> optax.GradientTransformation:
-    schedule = epoch_schedule(lr, eta_min, epochs, steps_per_epoch, accum, warmup, drop_partial)
-    tx = optax.chain(optax.clip_by_global_norm(clip), optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd))
+    schedule = _schedule(schedule_values, steps_per_epoch, accum)
+    adam = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd)
+    tx = optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
     if skip_nonfinite:
         tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)
     if accum > 1:
@@ -120,7 +154,9 @@ def _optimizer(
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-    """clip_by_global_norm + AdamW with `epoch_schedule`, wrapped in MultiSteps for `accum_steps` > 1.
+    """clip_by_global_norm (unless `clip_norm` <= 0) + AdamW (Adam at weight decay 0) with the per-epoch
+    `optim.schedule` (cosine: `epoch_schedule`; multistep: `multistep_schedule` over `milestones` with `gamma`),
+    wrapped in MultiSteps for `accum_steps` > 1.
 
     One call per micro-batch; an update is applied every `accum_steps` micro-batches. The same settings return the
     same object (so jitted steps are reused).
@@ -129,11 +165,8 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
     if accum < 1:
         raise ValueError(f"optim.accum_steps must be >= 1, got {accum}")
     return _optimizer(
-        float(optim.lr),
-        float(optim.eta_min),
-        int(optim.epochs),
+        _schedule_values(optim),
         int(steps_per_epoch),
-        int(optim.warmup_epochs),
         float(optim.weight_decay),
         float(optim.b1),
         float(optim.b2),
@@ -141,6 +174,18 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
         float(optim.clip_norm),
         accum,
         bool(optim.skip_nonfinite),
+    )
+
+
+def _schedule_values(optim: ml_collections.ConfigDict) -> tuple:
+    return (
+        str(optim.get("schedule", "cosine")),
+        float(optim.lr),
+        float(optim.eta_min),
+        int(optim.epochs),
+        int(optim.warmup_epochs),
+        tuple(int(m) for m in optim.get("milestones", ())),
+        float(optim.get("gamma", 0.1)),
         bool(optim.drop_partial_accumulation),
     )
 
@@ -148,16 +193,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
 def learning_rate(optim: ml_collections.ConfigDict, steps_per_epoch: int, micro_step: int) -> float:
     """The learning rate in force at a micro-batch (for logging)."""
     accum = int(optim.accum_steps)
-    schedule = epoch_schedule(
-        optim.lr,
-        optim.eta_min,
-        optim.epochs,
-        steps_per_epoch,
-        accum,
-        optim.warmup_epochs,
-        bool(optim.drop_partial_accumulation),
-    )
-    return float(schedule(micro_step // accum))
+    return float(_schedule(_schedule_values(optim), steps_per_epoch, accum)(micro_step // accum))
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -219,10 +255,10 @@ def train_step(graphdef, tx, loss: Any, state: TrainState, batch: dict[str, jax.
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def predict_step(eval_graphdef, params, rest, images):
-    """The system's output (`System.infer`, e.g. alpha (B, H, W, 1) float32) of the model in eval mode."""
+def predict_step(eval_graphdef, params, rest, *inputs):
+    """The system's output (`System.infer(model, *inputs)`, e.g. alpha (B, H, W, 1) float32) in eval mode."""
     model = nnx.merge(eval_graphdef, params, rest)
-    return registry.system(model.family).infer(model, images)
+    return registry.system(model.family).infer(model, *inputs)
 
 
 def eval_graphdef(graphdef: nnx.GraphDef, state: TrainState) -> nnx.GraphDef:
