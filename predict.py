@@ -1,14 +1,19 @@
-"""Predict alpha mattes with a saved model.
+"""Predict alpha mattes (or trimaps) with a saved model.
 
     python predict.py INPUT [INPUT ...] --checkpoint DIR --output OUT [--format alpha,rgba,composite]
         [--background R,G,B] [--precision fp32|bf16] [--batch-size N] [--recursive]
         [--resize stretch|letterbox] [--input-size S] [--quantization round|truncate]
+    python predict.py INPUT ... --checkpoint SEGTRIMAP_DIR --mask-dir MASKS --output OUT [--format trimap,overlay]
 
 INPUT: an image file, a folder (its images; with `--recursive` also those in subfolders, whose relative paths are kept
 under OUT), or a glob pattern (quote it). `--checkpoint`: a converted directory (`port/convert.py`) or a training
 workdir (its best/, else last/ checkpoint). The geometry and quantisation recorded in the checkpoint are used unless
 overridden. Outputs per image: `<stem>.png` (alpha), `<stem>_rgba.png` (the image with the alpha as its alpha
 channel), `<stem>_composite.png` (the image over `--background`), each at the image's original size.
+Trimap models (SegTrimap) read each image's coarse object mask from `--mask-dir`, matched by stem (any image format;
+0 / 1 masks as is, others binarised at >= 30; a mask of another size is resized with nearest neighbour) and write
+`<stem>.png` (the trimap: 0 background, 128 unknown, 255 foreground) and `<stem>_overlay.png` (the class colours over
+the image), at the image's original size. An image without a mask is reported and skipped.
 Unreadable files are reported and skipped. Exit status: 0 when at least one image was written, 2 otherwise.
 """
 
@@ -26,8 +31,9 @@ from tqdm import tqdm
 from jaxmatte.cli import add_predictor_arguments, make_predictor
 from jaxmatte.data.io import IMAGE_SUFFIXES, ImageReadError, list_images, write_png
 
-FORMATS = ("alpha", "rgba", "composite")
-SUFFIXES = {"alpha": "", "rgba": "_rgba", "composite": "_composite"}
+FORMATS = ("alpha", "rgba", "composite", "trimap", "overlay")
+KIND_FORMATS = {"alpha": ("alpha", "rgba", "composite"), "trimap": ("trimap", "overlay")}
+SUFFIXES = {"alpha": "", "rgba": "_rgba", "composite": "_composite", "trimap": "", "overlay": "_overlay"}
 SHOWN_PROBLEMS = 50
 
 
@@ -51,15 +57,19 @@ def colour(text: str) -> tuple[int, int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Predict alpha mattes with a saved model.")
+    parser = argparse.ArgumentParser(description="Predict alpha mattes (or trimaps) with a saved model.")
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--checkpoint", type=Path, required=True, help="converted directory or training workdir")
     parser.add_argument("--output", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--format",
         type=formats,
-        default=("alpha",),
-        help="comma-separated outputs: alpha, rgba, composite (default: alpha)",
+        default=None,
+        help="comma-separated outputs: alpha, rgba, composite for matting models (default alpha); trimap, overlay "
+        "for trimap models (default trimap)",
+    )
+    parser.add_argument(
+        "--mask-dir", type=Path, help="object masks by image stem (models that read one, e.g. SegTrimap)"
     )
     parser.add_argument(
         "--background", type=colour, default=(255, 255, 255), help="composite background R,G,B (default: 255,255,255)"
@@ -113,19 +123,45 @@ def composite(image: np.ndarray, alpha: np.ndarray, background: Sequence[int]) -
 
 
 def write_outputs(
-    folder: Path, stem: Path, alpha: np.ndarray, image: np.ndarray, chosen: Sequence[str], background: Sequence[int]
+    folder: Path, stem: Path, result: np.ndarray, image: np.ndarray, chosen: Sequence[str], background: Sequence[int]
 ) -> list[Path]:
+    """Write `result` (an alpha matte, or trimap class ids) in each chosen format; returns the files."""
+    from jaxmatte import outputs
+
     written = []
     for name in chosen:
         target = folder / stem.parent / f"{stem.name}{SUFFIXES[name]}.png"
         if name == "alpha":
-            data = alpha
+            data = result
         elif name == "rgba":
-            data = np.concatenate([image, alpha[..., None]], axis=2)
+            data = np.concatenate([image, result[..., None]], axis=2)
+        elif name == "composite":
+            data = composite(image, result, background)
+        elif name == "trimap":
+            data = outputs.to_png("trimap", result)
         else:
-            data = composite(image, alpha, background)
+            data = outputs.overlay(image, result)
         written.append(write_png(target, data))
     return written
+
+
+def match_masks(items: Sequence[tuple[Path, Path]], mask_dir: Path) -> tuple[list[tuple[Path, Path, Path]], list[str]]:
+    """((image, output stem, mask) for the images that have a mask in `mask_dir`, problems for those that do not).
+
+    A mask is found by the image's relative output path (recursive inputs), else by its file stem."""
+    masks = list_images(mask_dir, recursive=True)
+    by_relative = {mask.relative_to(mask_dir).with_suffix(""): mask for mask in masks}
+    by_stem: dict[str, Path] = {}
+    for mask in masks:
+        by_stem.setdefault(mask.stem, mask)
+    matched, problems = [], []
+    for file, stem in items:
+        mask = by_relative.get(stem) or by_stem.get(file.stem)
+        if mask is None:
+            problems.append(f"{file}: skipped, no mask named {file.stem}.* in {mask_dir}")
+            continue
+        matched.append((file, stem, mask))
+    return matched, problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,11 +173,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no input images", file=sys.stderr)
         return 2
 
+    if args.mask_dir is not None and not args.mask_dir.is_dir():
+        print(f"error: {args.mask_dir}: mask folder not found", file=sys.stderr)
+        return 2
     try:
         predictor = make_predictor(args)  # JAX starts here, after the arguments are checked
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    allowed = KIND_FORMATS[predictor.output]
+    chosen = args.format or allowed[:1]
+    wrong = [name for name in chosen if name not in allowed]
+    if wrong:
+        print(f"error: a {predictor.output} model writes {', '.join(allowed)}, not {', '.join(wrong)}", file=sys.stderr)
+        return 2
+    masks = None
+    if predictor.needs_mask:
+        if args.mask_dir is None:
+            print(
+                f"error: {predictor.family} predicts from an image and its object mask: give --mask-dir",
+                file=sys.stderr,
+            )
+            return 2
+        matched, missing = match_masks(items, args.mask_dir)
+        problems.extend(missing)
+        items = [(file, stem) for file, stem, _ in matched]
+        masks = [mask for _, _, mask in matched]
+        if not items:
+            for problem in problems[:SHOWN_PROBLEMS]:
+                print(f"error: {problem}", file=sys.stderr)
+            print("error: no image has a mask", file=sys.stderr)
+            return 2
+    elif args.mask_dir is not None:
+        print(f"warning: {predictor.family} reads no masks; --mask-dir is ignored", file=sys.stderr)
     pre = predictor.preprocessing
     print(
         f"{predictor.directory} ({predictor.family}): {pre.policy.kind} {pre.policy.size}x{pre.policy.size}, "
@@ -150,12 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stems = {file: stem for file, stem in items}
     written = 0
-    results = predictor.predict_files([file for file, _ in items], with_images=True)
-    for path, alpha, image in tqdm(results, total=len(items), desc="predicting", unit="img", file=sys.stderr):
-        if isinstance(alpha, ImageReadError):
-            problems.append(f"{path}: {alpha.problem}")
+    results = predictor.predict_files([file for file, _ in items], with_images=True, masks=masks)
+    for path, result, image in tqdm(results, total=len(items), desc="predicting", unit="img", file=sys.stderr):
+        if isinstance(result, ImageReadError):
+            problems.append(f"{result.path}: {result.problem}")
             continue
-        write_outputs(args.output, stems[path], alpha, image, args.format, args.background)
+        write_outputs(args.output, stems[path], result, image, chosen, args.background)
         written += 1
 
     print(f"wrote {written} of {len(items)} images to {args.output}")

@@ -1,4 +1,5 @@
-"""Prediction with a saved model: images of any size in, uint8 outputs (alpha mattes) at each image's size out.
+"""Prediction with a saved model: images of any size in, uint8 outputs (alpha mattes or trimaps) at each image's size
+out.
 
 A `Predictor` is built from a directory written by `port/convert.py` or `save_pretrained`, or from a training workdir
 (its `best/`, else its `last/` checkpoint). What the model computes comes from its system (`jaxmatte.registry`:
@@ -11,6 +12,11 @@ output kind and `infer`); how it is fed and read comes from the directory's prep
 - converted DINOv3-matting checkpoints: the same with PIL's bilinear resize to 224;
 - jaxmatte-trained models: letterbox (longer side to the input size, centred, zero padding), model, crop the padding,
   cv2 INTER_LINEAR back to (W, H), x255 rounded to the nearest uint8.
+
+Systems with a second input (SegTrimap's coarse object mask, `System.inputs`) take it per image: `masks=` in
+`predict_arrays` / `predict_files`. A mask is binarised (`jaxmatte.data.trimaps.binarize_mask`: 0 / 1 masks as is,
+others at >= 30), resized to its image's size with nearest neighbour if it differs, and placed on the canvas like the
+image (nearest). Trimap systems return H x W class ids (0 background, 1 unknown, 2 foreground; `jaxmatte.outputs`).
 
 Every image becomes a size x size input, so images of different sizes share one batch; the last batch is padded to
 the batch size (one compiled shape). The forward pass is jitted; host-side decoding and resizing use OpenCV / PIL.
@@ -34,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmatte import pretrained, registry
-from jaxmatte.data.io import ImageReadError, read_image
-from jaxmatte.data.transforms import Placement, ResizePolicy, to_uint8
+from jaxmatte import outputs, pretrained, registry
+from jaxmatte.data.io import ImageReadError, read_image, read_mask
+from jaxmatte.data.transforms import Placement, ResizePolicy, resize_uint8, to_uint8
+from jaxmatte.data.trimaps import binarize_mask
 from jaxmatte.preprocessing import Preprocessing
 from jaxmatte.pretrained import CONFIG_FILE, load_pretrained, read_config
 
@@ -83,12 +90,15 @@ def precision_dtype(precision: str) -> Any:
     return PRECISIONS[precision]
 
 
+SUPPORTED_INPUTS = ("image", "input_mask")
+
+
 @partial(jax.jit, static_argnums=0)
-def _infer(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array) -> jax.Array:
-    """The system's float32 output (alpha: (B, S, S, 1)) for normalised (B, S, S, 3) images; compiled once per model
-    structure and shape."""
+def _infer(graphdef: nnx.GraphDef, state: nnx.State, *inputs: jax.Array) -> jax.Array:
+    """The system's float32 output (alpha (B, S, S, 1), trimap logits (B, S, S, 3)) for normalised (B, S, S, 3)
+    images [and (B, S, S, 1) masks]; compiled once per model structure and shape."""
     model = nnx.merge(graphdef, state)
-    return registry.system(model.family).infer(model, images).astype(jnp.float32)
+    return registry.system(model.family).infer(model, *inputs).astype(jnp.float32)
 
 
 class Predictor:
@@ -120,8 +130,9 @@ class Predictor:
                 f"{self.directory}: holds a {self.family!r} model, which is not a predicting system "
                 f"(known: {sorted(registry.systems())})"
             ) from None
-        if self.system.output != "alpha":
-            raise ValueError(f"{self.directory}: {self.family} predicts {self.system.output}, not alpha mattes")
+        unsupported = [name for name in self.system.inputs if name not in SUPPORTED_INPUTS]
+        if unsupported:
+            raise ValueError(f"{self.directory}: {self.family} needs inputs {unsupported} the predictor cannot feed")
         default = Preprocessing(size=int(getattr(self.config, "img_size", 1024)))
         try:
             recorded = Preprocessing.from_info(self.info, default=default)
@@ -139,6 +150,16 @@ class Predictor:
     def policy(self) -> ResizePolicy:
         return self.preprocessing.policy
 
+    @property
+    def output(self) -> str:
+        """The output kind (`jaxmatte.outputs`): alpha or trimap."""
+        return self.system.output
+
+    @property
+    def needs_mask(self) -> bool:
+        """Whether every image needs its object mask (`masks=`)."""
+        return "input_mask" in self.system.inputs
+
     def describe(self) -> dict[str, Any]:
         """JSON-able description: checkpoint, family, compute dtype, preprocessing."""
         return {
@@ -149,39 +170,67 @@ class Predictor:
             **self.preprocessing.describe(),
         }
 
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Placement]:
-        """(S x S x 3 float32 normalised input, placement) of an HxWx3 uint8 RGB image."""
+    def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[tuple[np.ndarray, ...], Placement]:
+        """((S x S x 3 float32 normalised input[, S x S x 1 float32 {0, 1} mask]), placement) of an HxWx3 uint8 RGB
+        image [and its HxW object mask, for systems that read one]."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.dtype} {image.shape}")
         canvas, placement = self.policy.image(image)
-        normalised = (canvas.astype(np.float32) / np.float32(255.0) - self._mean) / self._std
-        return normalised.astype(np.float32), placement
+        normalised = ((canvas.astype(np.float32) / np.float32(255.0) - self._mean) / self._std).astype(np.float32)
+        if not self.needs_mask:
+            return (normalised,), placement
+        if mask is None:
+            raise ValueError(f"{self.family} predicts from an image and its object mask; no mask given")
+        binary = binarize_mask(np.asarray(mask))
+        if binary.shape != image.shape[:2]:
+            binary = resize_uint8(binary, image.shape[:2], "nearest")
+        placed = self.policy.placement(*image.shape[:2])
+        mask_canvas = np.zeros((self.policy.size, self.policy.size), np.float32)
+        inner = resize_uint8(binary, (placed.inner_height, placed.inner_width), "nearest")
+        mask_canvas[placed.top : placed.top + placed.inner_height, placed.left : placed.left + placed.inner_width] = (
+            inner
+        )
+        return (normalised, mask_canvas[..., None]), placement
 
-    def finish(self, alpha: np.ndarray, placement: Placement) -> np.ndarray:
-        """HxW uint8 alpha at the original size from an S x S float prediction."""
-        return quantize(self.policy.restore(alpha, placement), self.preprocessing.quantization)
+    def finish(self, prediction: np.ndarray, placement: Placement) -> np.ndarray:
+        """HxW uint8 result at the original size (alpha, or trimap class ids) from an S x S[ x C] prediction."""
+        return outputs.finish(self.output, prediction, placement, self.policy, self.preprocessing.quantization)
 
-    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """HxW uint8 alpha for each HxWx3 uint8 RGB image (any sizes), in order."""
-        alphas: list[np.ndarray] = []
+    def predict_arrays(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None
+    ) -> list[np.ndarray]:
+        """HxW uint8 result for each HxWx3 uint8 RGB image (any sizes) [with its mask], in order."""
+        if masks is not None and len(masks) != len(images):
+            raise ValueError(f"{len(images)} images but {len(masks)} masks")
+        results: list[np.ndarray] = []
         for start in range(0, len(images), self.batch_size):
-            prepared = [self.prepare(image) for image in images[start : start + self.batch_size]]
-            alphas.extend(self._finish_batch(self._dispatch(prepared), prepared))
-        return alphas
+            chunk = range(start, min(start + self.batch_size, len(images)))
+            prepared = [self.prepare(images[i], masks[i] if masks is not None else None) for i in chunk]
+            results.extend(self._finish_batch(self._dispatch(prepared), prepared))
+        return results
 
     def predict_files(
-        self, paths: Iterable[str | os.PathLike], *, with_images: bool = False
+        self,
+        paths: Iterable[str | os.PathLike],
+        *,
+        with_images: bool = False,
+        masks: Sequence[str | os.PathLike] | None = None,
     ) -> Iterator[tuple[Any, ...]]:
-        """(path, alpha) per file, in order; alpha is the HxW uint8 matte or, for an unreadable file, the
-        `ImageReadError`. With `with_images`, (path, alpha, RGB image or None).
+        """(path, result) per file, in order; result is the HxW uint8 output or, for an unreadable file (or mask),
+        the `ImageReadError`. With `with_images`, (path, result, RGB image or None). `masks`: the object mask file of
+        each path (systems that read one).
 
         Files are read one batch at a time; the next batch is read while the device works on the current one.
         """
+        paths = [Path(path) for path in paths]
+        if self.needs_mask and (masks is None or len(masks) != len(paths)):
+            raise ValueError(f"{self.family} needs an object mask file per image (masks=)")
+        mask_of = dict(zip(paths, masks, strict=True)) if self.needs_mask else {}
         pending = None
         for batch in _chunks(paths, self.batch_size):
-            loaded = [(path, *_load(path)) for path in batch]
-            prepared = [(path, image, self.prepare(image)) for path, image, _ in loaded if image is not None]
+            loaded = [(path, *_load(path, mask_of.get(path))) for path in batch]
+            prepared = [(path, image, self.prepare(*image)) for path, image, _ in loaded if image is not None]
             errors = {index: error for index, (_, _, error) in enumerate(loaded) if error is not None}
             dispatched = self._dispatch([item[2] for item in prepared]) if prepared else None
             if pending is not None:
@@ -192,15 +241,16 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------------ internals
 
-    def _dispatch(self, prepared: Sequence[tuple[np.ndarray, Placement]]) -> jax.Array:
+    def _dispatch(self, prepared: Sequence[tuple[tuple[np.ndarray, ...], Placement]]) -> jax.Array:
         """Start the forward pass of up to `batch_size` prepared inputs (padded with copies of the last one)."""
         inputs = [item[0] for item in prepared]
         inputs.extend([inputs[-1]] * (self.batch_size - len(inputs)))
-        return _infer(self._graphdef, self._state, jnp.asarray(np.stack(inputs)))
+        stacked = [jnp.asarray(np.stack(column)) for column in zip(*inputs, strict=True)]
+        return _infer(self._graphdef, self._state, *stacked)
 
-    def _finish_batch(self, outputs: jax.Array, prepared: Sequence[tuple[np.ndarray, Placement]]) -> list[np.ndarray]:
-        host = np.asarray(outputs)
-        return [self.finish(host[index, ..., 0], placement) for index, (_, placement) in enumerate(prepared)]
+    def _finish_batch(self, result: jax.Array, prepared: Sequence[tuple[Any, Placement]]) -> list[np.ndarray]:
+        host = np.asarray(result)
+        return [self.finish(host[index], placement) for index, (_, placement) in enumerate(prepared)]
 
     def _collect(
         self,
@@ -211,7 +261,7 @@ class Predictor:
         with_images: bool,
     ) -> Iterator[tuple[Any, ...]]:
         alphas = iter(self._finish_batch(outputs, [item[2] for item in prepared]) if prepared else [])
-        images = iter([item[1] for item in prepared])
+        images = iter([item[1][0] for item in prepared])
         for index, path in enumerate(batch):
             if index in errors:
                 result: tuple[Any, ...] = (path, errors[index], None)
@@ -231,8 +281,10 @@ def _chunks(paths: Iterable[str | os.PathLike], size: int) -> Iterator[list[Path
         yield batch
 
 
-def _load(path: Path) -> tuple[np.ndarray | None, ImageReadError | None]:
+def _load(path: Path, mask: Path | None = None) -> tuple[tuple[np.ndarray, ...] | None, ImageReadError | None]:
+    """((image[, mask]), None) or (None, the error of the image or its mask)."""
     try:
-        return read_image(path), None
+        image = read_image(path)
+        return ((image, read_mask(mask)) if mask is not None else (image,)), None
     except ImageReadError as error:
         return None, error

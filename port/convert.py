@@ -76,8 +76,8 @@ def run(argv: list[str] | None = None) -> Converted:
     args = build_parser().parse_args(argv)
     converter = converters()[args.kind]
     timm_model = getattr(args, "timm_model", None)
-    img_size = getattr(args, "img_size", None)
-    window_size = getattr(args, "window_size", None)
+    img_size = getattr(args, "img_size", None) if converter.timm_resizing else None
+    window_size = getattr(args, "window_size", None) if converter.timm_resizing else None
     if timm_model:
         checkpoint = timm_resized_checkpoint(args.src, timm_model, img_size, window_size)
     elif img_size or window_size:

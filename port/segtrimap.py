@@ -11,8 +11,8 @@ read as data (its class name is checked against the variant) and everything else
   ``head`` are stored but unused and are not converted), absent -> 2 (no positional embedding);
 - upsample mode from the input width of ``head.conv_seg.weight`` against the head width (256 -> x1, 128 -> x2,
   64 -> x4 in the headline); width, depth, patch, MLP ratio, neck widths, classes from their shapes; the input size
-  from the position table (variant 2: `--img-size`, default 448); heads by `--num-heads` or the ViT rule (16 heads of
-  80 for width 1280); windows of 224 / patch tokens with a global block every depth // 4 (`--window-size`,
+  from the position table (variant 2: `--img-size`, else the record's ``img_size``, else 448); heads from `--num-heads`, else the record's
+  ``backbone_params``, else the ViT rule (16 heads of 80 for width 1280); windows of 224 / patch tokens with a global block every depth // 4 (`--window-size`,
   `--global-every` for other trainings).
 
 A leading ``module.`` (DataParallel runs) is stripped when every key carries it; a mix is refused. Every key must be
@@ -105,8 +105,7 @@ UNUSED_VARIANT1 = (r"backbone\.fc_norm\.(weight|bias)", r"backbone\.head\.(weigh
 
 
 def table(config: SegTrimapConfig) -> Table:
-    rules = [r for r in RULES if config.backbone.class_token or r.source != r"backbone\.cls_token"]
-    return Table(rules, UNUSED_VARIANT1 if config.variant == 1 else ())
+    return Table(RULES, UNUSED_VARIANT1 if config.variant == 1 else ())
 
 
 def parse_mask_scale(text: str) -> float:
@@ -265,6 +264,14 @@ def convert_checkpoint(
     global_every: int | None = None,
 ) -> Converted:
     state_dict, record = trainer_state_dict(checkpoint, source=source)
+    backbone_record = _record_value(record, "backbone_params")
+    if num_heads is None and isinstance(backbone_record, Mapping) and isinstance(backbone_record.get("num_heads"), int):
+        num_heads = backbone_record["num_heads"]  # the record's constructor value (shapes cannot tell heads)
+    if img_size is None and "backbone.pos_embed" not in state_dict and isinstance(backbone_record, Mapping):
+        recorded = backbone_record.get("img_size")  # variant 2 has no table to read the input size from
+        sides = list(recorded) if isinstance(recorded, list | tuple) else [recorded]
+        if sides and all(isinstance(v, int) for v in sides) and len(set(sides)) == 1:
+            img_size = sides[0]
     config = infer_config(
         state_dict,
         mask_scale=mask_scale,

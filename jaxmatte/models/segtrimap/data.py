@@ -24,35 +24,15 @@ import numpy as np
 
 from jaxmatte import losses
 from jaxmatte.data.transforms import ResizePolicy, brightness_contrast, normalize
-from jaxmatte.data.trimaps import DEFAULT_UNKNOWN_BAND, record_labels
+from jaxmatte.data.trimaps import DEFAULT_UNKNOWN_BAND, binarize_mask, mask_from_alpha, record_labels
 
-INPUT_MASK_THRESHOLD = 30
 IGNORE_LABEL = -1
-
-
-def mask_from_alpha(alpha: np.ndarray) -> np.ndarray:
-    """uint8 {0, 1}: alpha >= 30 (how the original derives its input mask)."""
-    return (_plane(alpha) >= INPUT_MASK_THRESHOLD).astype(np.uint8)
-
-
-def binarize_mask(mask: np.ndarray) -> np.ndarray:
-    """uint8 {0, 1} of a given object mask: a mask already holding only 0 and 1 is taken as is, any other 8-bit mask
-    (0 / 255 masks, soft alpha) is thresholded at 30 like the ground truth."""
-    mask = _plane(mask)
-    if mask.size and int(mask.max()) <= 1:
-        return (mask > 0).astype(np.uint8)
-    return (mask >= INPUT_MASK_THRESHOLD).astype(np.uint8)
 
 
 def input_mask(record: dict[str, Any]) -> np.ndarray:
     """The record's input mask at the original resolution (given, else from the alpha)."""
     given = record.get("input_mask")
     return binarize_mask(given) if given is not None else mask_from_alpha(record["mask"])
-
-
-def _plane(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array)
-    return array[..., 0] if array.ndim == 3 else array
 
 
 @dataclasses.dataclass(frozen=True)
