@@ -11,9 +11,9 @@ read as data (its class name is checked against the variant) and everything else
   ``head`` are stored but unused and are not converted), absent -> 2 (no positional embedding);
 - upsample mode from the input width of ``head.conv_seg.weight`` against the head width (256 -> x1, 128 -> x2,
   64 -> x4 in the headline); width, depth, patch, MLP ratio, neck widths, classes from their shapes; the input size
-  from the position table (variant 2: `--img-size`, else the record's ``img_size``, else 448); heads from `--num-heads`, else the record's
-  ``backbone_params``, else the ViT rule (16 heads of 80 for width 1280); windows of 224 / patch tokens with a global block every depth // 4 (`--window-size`,
-  `--global-every` for other trainings).
+  from the position table (variant 2: `--img-size`, else the record's ``img_size``, else 448); heads from
+  `--num-heads`, else the record's ``backbone_params``, else the ViT rule (16 heads of 80 for width 1280); windows of
+  224 / patch tokens with a global block every depth // 4 (`--window-size`, `--global-every` for other trainings).
 
 A leading ``module.`` (DataParallel runs) is stripped when every key carries it; a mix is refused. Every key must be
 used and every parameter filled (`port.table`).

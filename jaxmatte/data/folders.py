@@ -8,9 +8,9 @@ Layouts of a root (split) folder, image folder + ground-truth folder:
 
 `MattingFolders` (and `open_folders`) read these and the original SegTrimap layout ``original/`` + ``mask/`` (the
 ground-truth alpha despite the name), and optionally, by stem, trimaps (a ``trimaps/`` or ``trimap/`` folder in the
-root, or an explicit `trimap_dir`) and given input masks (`input_mask_dir`, e.g. coarse object masks for SegTrimap). A source is what grain's `MapDataset.source` takes: picklable,
-`len()`, `[int]` returning ``{"image": HxWx3 uint8 RGB, "mask": HxW uint8, "name": stem[, "trimap": HxW uint8]
-[, "input_mask": HxW uint8]}``,
+root, or an explicit `trimap_dir`) and given input masks (`input_mask_dir`, e.g. coarse object masks for SegTrimap).
+A source is what grain's `MapDataset.source` takes: picklable, `len()`, `[int]` returning
+``{"image": HxWx3 uint8 RGB, "mask": HxW uint8, "name": stem[, "trimap": HxW uint8][, "input_mask": HxW uint8]}``,
 files read lazily through `jaxmatte.data.io`.
 """
 

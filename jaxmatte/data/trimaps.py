@@ -1,4 +1,5 @@
-"""Object masks and trimaps from ground-truth alpha, and the class labels of a dataset record (0 background, 1 unknown, 2 foreground).
+"""Object masks and trimaps from ground-truth alpha, and the class labels of a dataset record (0 background,
+1 unknown, 2 foreground).
 
 `trimap_from_alpha` marks as unknown every pixel within `band` pixels (an elliptical structuring element of side
 2 band + 1) of a fractional alpha value (0 < alpha < 255), the rest foreground (alpha 255) or background. It is the
