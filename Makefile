@@ -21,7 +21,7 @@ port-demo: $(STAMP)
 	$(BIN)/python port/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

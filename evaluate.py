@@ -25,6 +25,14 @@ region. Exit status 0 when every dataset had an evaluated image.
 Metric sets (`--metrics`): `dis` as above; `matting` (the default in model mode for matting systems such as
 dinomatte): MAE is the plain mean |alpha_pred - alpha_gt| (soft GT, no normalisation), then SAD, MSE, Grad, Conn, and
 the other DIS metrics only when the GT is binary.
+
+Trimaps (`--metrics trimap`, SegTrimap spec §10 / §11; `jaxmatte.trimap_evaluation`): saved trimap PNGs
+(`--pred-dir`) against GT trimaps (`--trimap-dir`, or `--gt-dir`), predictions of another size resized with nearest
+neighbour. In model mode a trimap system (SegTrimap) is scored this way by default; its input masks come from
+`--mask-dir` by stem, else the GT alpha >= 30, and its GT labels from the trimaps (`--trimap-dir` or the root's
+`trimap/`), else from the alpha with an `--unknown-band N` px unknown band (default 7). Two blocks are printed and
+written: the clean block at the original resolution (pooled IoUs, mIoU, Unknown precision / recall, ...) and the
+original evaluator's row-IoU on the letterboxed canvas (exact in model mode, approximate from saved trimaps).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxmatte.cli import add_predictor_arguments, make_predictor, non_negative_int, positive_int
+from jaxmatte.data.trimaps import DEFAULT_UNKNOWN_BAND
 from jaxmatte.evaluation import (
     HCE_BINARIZE_RULES,
     MATTING_MODES,
@@ -53,6 +62,14 @@ from jaxmatte.evaluation import (
     write_csv,
     write_json,
     write_worst_grid,
+)
+from jaxmatte.trimap_evaluation import (
+    TRIMAP_METRICS,
+    TrimapReport,
+    evaluate_trimap_pairs,
+    format_trimap_table,
+    write_trimap_csv,
+    write_trimap_json,
 )
 
 SHOWN_PROBLEMS = 50
@@ -104,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--metrics",
-        choices=METRIC_SETS,
+        choices=(*METRIC_SETS, TRIMAP_METRICS),
         help="metric set: dis (DIS metrics, DIS MAE; default for saved predictions), matting (plain alpha MAE, SAD, "
-        "MSE, Grad, Conn, DIS metrics only for binary GT); model mode defaults to the system's own set",
+        "MSE, Grad, Conn, DIS metrics only for binary GT), trimap (trimap IoUs vs GT trimaps); model mode defaults "
+        "to the system's own set",
     )
     model = parser.add_argument_group("model mode (instead of --pred-dir / --gt-dir)")
     model.add_argument("--checkpoint", type=Path, help="converted directory or training workdir (best/, else last/)")
@@ -117,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="experiment config file[:variant]; its config.data sets the geometry"
     )
     model.add_argument("--save-preds", type=Path, help="also write the predicted alpha PNGs to DIR/<dataset>/")
+    model.add_argument(
+        "--mask-dir", type=Path, help="input object masks by stem for mask-guided systems (default: GT alpha >= 30)"
+    )
+    model.add_argument(
+        "--unknown-band",
+        type=non_negative_int,
+        default=DEFAULT_UNKNOWN_BAND,
+        help="unknown band (px) of GT trimaps derived from alpha when no trimap is given (default: %(default)s)",
+    )
     add_predictor_arguments(model)
     model.add_argument(
         "--chunk-size", type=positive_int, default=32, help="images scored per chunk (memory bound; default: 32)"
@@ -153,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.checkpoint is None or not args.data:
             parser.error("model mode needs both --checkpoint and at least one --data")
         return run_model_mode(args)
+    if args.mask_dir is not None:
+        parser.error("--mask-dir belongs to model mode (--checkpoint, --data)")
+    if args.metrics == TRIMAP_METRICS:
+        return run_trimap_pairs(parser, args)
     if args.pred_dir is None or args.gt_dir is None:
         parser.error("give --pred-dir and --gt-dir (saved predictions), or --checkpoint and --data (run a model)")
     for label, folder in (
@@ -197,6 +228,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     if png_path is not None:
         items = grid_items_from_pairs(pairs, worst_results(report.results, args.worst))
         written.append(write_worst_grid(png_path, items))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def run_trimap_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`--metrics trimap` on saved predictions: predicted trimaps vs GT trimaps (--trimap-dir, or --gt-dir)."""
+    if args.pred_dir is None or (args.gt_dir is None) == (args.trimap_dir is None):
+        parser.error("--metrics trimap needs --pred-dir and the GT trimaps as --trimap-dir (or --gt-dir), not both")
+    gt_dir = args.trimap_dir or args.gt_dir
+    for label, folder in (("--pred-dir", args.pred_dir), ("GT trimap folder", gt_dir)):
+        if not folder.is_dir():
+            print(f"error: {label} {folder} is not a folder", file=sys.stderr)
+            return 2
+    folder = gt_dir.resolve()
+    generic = folder.name.lower() in ("trimap", "trimaps") and folder.parent.name
+    name = args.name or (folder.parent.name if generic else default_dataset_name(gt_dir))
+    json_path, csv_path, _ = output_paths(args, name)
+    if json_path is not None and json_path.exists():
+        try:
+            read_json_object(json_path)  # fail before the work, not after it
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    report = evaluate_trimap_pairs(args.pred_dir, gt_dir, name=name)
+    return finish_trimap_report(report, json_path, csv_path)
+
+
+def finish_trimap_report(
+    report: TrimapReport, json_path: Path | None, csv_path: Path | None, extra: dict[str, Any] | None = None
+) -> int:
+    """Print and write one trimap report; 0 when it evaluated an image, else 2."""
+    print(format_trimap_table([report]))
+    print(f"GT labels: {report.gt_labels}")
+    print_problems(report.problems)
+    if report.images == 0:
+        print(f"error: no image was evaluated in {report.name}", file=sys.stderr)
+        return 2
+    written = []
+    if json_path is not None:
+        written.append(write_trimap_json(json_path, [report], extra=extra))
+    if csv_path is not None:
+        written.append(write_trimap_csv(csv_path, report))
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -258,6 +332,11 @@ def run_model_mode(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     description = {**predictor.describe(), "precision": args.precision}
+    if predictor.output == "trimap" or args.metrics == TRIMAP_METRICS:
+        return run_trimap_model_mode(args, predictor, names, json_path, description)
+    if args.mask_dir is not None:
+        print(f"error: --mask-dir: {predictor.family} reads no input masks", file=sys.stderr)
+        return 2
     metrics = args.metrics or ("matting" if predictor.system.validation == "matting" else "dis")
     pre = predictor.preprocessing
     print(f"{predictor.directory}: {pre.policy.kind} {pre.policy.size}, {pre.quantization}, {args.precision}")
@@ -301,6 +380,47 @@ def run_model_mode(args: argparse.Namespace) -> int:
         print(f"error: no image was evaluated in {', '.join(empty)}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_trimap_model_mode(
+    args: argparse.Namespace, predictor: Any, names: list[str], json_path: Path | None, description: dict[str, Any]
+) -> int:
+    """A trimap system over every --data root (`evaluate_trimap_folder`)."""
+    from jaxmatte.trimap_evaluation import evaluate_trimap_folder
+
+    if predictor.output != "trimap":
+        print(f"error: --metrics trimap: {predictor.family} predicts {predictor.output}, not trimaps", file=sys.stderr)
+        return 2
+    if args.metrics not in (None, TRIMAP_METRICS):
+        print(f"error: {predictor.family} predicts trimaps; --metrics {args.metrics} does not apply", file=sys.stderr)
+        return 2
+    pre = predictor.preprocessing
+    print(f"{predictor.directory}: {pre.policy.kind} {pre.policy.size}, trimap, {args.precision}")
+    if predictor.needs_mask:
+        print(f"input masks: {args.mask_dir} by stem" if args.mask_dir else "input masks: GT alpha >= 30")
+    reports, status = [], 0
+    for root, name in zip(args.data, names, strict=True):
+        try:
+            report = evaluate_trimap_folder(
+                predictor,
+                root,
+                name=name,
+                mask_dir=args.mask_dir,
+                trimap_dir=args.trimap_dir,
+                unknown_band=args.unknown_band,
+                save_dir=args.save_preds / name if args.save_preds else None,
+                chunk_size=args.chunk_size,
+            )
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        reports.append(report)
+        _, csv_path, _ = output_paths(args, name)
+        extra = {"prediction": {**description, "unknown_band": args.unknown_band}}
+        status = max(status, finish_trimap_report(report, json_path, csv_path, extra))
+    if len(reports) > 1:
+        print(format_trimap_table(reports))
+    return status
 
 
 if __name__ == "__main__":

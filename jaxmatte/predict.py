@@ -197,6 +197,17 @@ class Predictor:
         """HxW uint8 result at the original size (alpha, or trimap class ids) from an S x S[ x C] prediction."""
         return outputs.finish(self.output, prediction, placement, self.policy, self.preprocessing.quantization)
 
+    def canvas_outputs(self, prepared: Sequence[tuple[tuple[np.ndarray, ...], Placement]]) -> np.ndarray:
+        """Host float32 canvas outputs (N, S, S, C) of `prepare` results, before `finish` (e.g. trimap logits);
+        run in batches of `batch_size` padded as in `predict_arrays`, so the values match theirs."""
+        if not prepared:
+            raise ValueError("canvas_outputs needs at least one prepared input")
+        parts = []
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start : start + self.batch_size]
+            parts.append(np.asarray(self._dispatch(chunk), dtype=np.float32)[: len(chunk)])
+        return np.concatenate(parts)
+
     def predict_arrays(
         self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None
     ) -> list[np.ndarray]:
