@@ -6,6 +6,8 @@ Variants:
   [50, 55] per epoch, 55 epochs, batch 32, letterbox padding ignored by the loss;
 - faithful: the same with the padding labelled background, as the original trained;
 - ce: plain cross-entropy instead of NFL + DT;
+- layerwise: the original's `--layerwise-decay` option (layer decay 0.75, weight decay 0.02 on weight matrices), with
+  the mask patch embedding in the embedding group (the original leaves it out of every group, so it never trains);
 - large / base: MAE ViT-L/16 / ViT-B/16 at 448 (smaller runs);
 - demo: a 4-block ViT-S-wide model at 224 on the embedded synthetic matting data (CPU, minutes);
 - realdata: the demo model on the 27 alphamatting.com training images of ../shared/realdata with their trimap1 as
@@ -17,10 +19,10 @@ then `--config.model.init_from=ckpt/mae_segtrimap`, and set `--config.data.train
 `--config.data.input_mask_dir` for given input masks, otherwise alpha >= 30).
 """
 
-from jaxmatte.models.segtrimap.recipe import demo_settings, faithful_settings, segtrimap_config
+from jaxmatte.models.segtrimap.recipe import demo_settings, faithful_settings, layerwise_settings, segtrimap_config
 
 REALDATA = "../shared/realdata/alphamatting_training_lowres"
-VARIANTS = ("default", "faithful", "ce", "large", "base", "demo", "realdata")
+VARIANTS = ("default", "faithful", "ce", "layerwise", "large", "base", "demo", "realdata")
 
 
 def get_config(arg=None):
@@ -33,6 +35,8 @@ def get_config(arg=None):
         faithful_settings(config)
     elif variant == "ce":
         config.loss.kind = "ce"
+    elif variant == "layerwise":
+        layerwise_settings(config)
     elif variant in ("large", "base"):
         config.model.preset = f"{variant}_448"
     elif variant in ("demo", "realdata"):

@@ -84,6 +84,7 @@ class System:
     Inputs: `inputs` names the batch entries `infer(model, *inputs)` and the loss read ("image" first; e.g. SegTrimap
     adds "input_mask"). `example(run_config, policy)` returns the per-record field builder of the data pipeline
     (`jaxmatte.data.pipeline.MattingFields` when None): ``fields(record, train) -> (arrays, placement)``.
+    `lr_layers(model_config)` returns ``(layer_of, top)`` for layer-wise lr decay (`jaxmatte.train.param_groups`).
     `augment(run_config)` returns the training augmentation (a grain RandomMap on records at the original
     resolution) or None; when the hook itself is None the shared `Augment` of ``data.augmentation`` is used.
     """
@@ -104,6 +105,7 @@ class System:
     inputs: tuple[str, ...] = ("image",)
     example: Callable[[Any, Any], Any] | None = None
     augment: Callable[[Any], Any] | None = None
+    lr_layers: Callable[[Any], tuple[Callable[[tuple], int], int]] | None = None
 
     @property
     def config_cls(self) -> type:
@@ -136,7 +138,7 @@ def register_system(system: System) -> System:
         problems.append("infer (model, images) -> output is required")
     if not system.inputs or system.inputs[0] != "image" or len(set(system.inputs)) != len(system.inputs):
         problems.append(f"inputs must start with 'image' and name each entry once, got {system.inputs}")
-    for hook in ("configure", "warm_start", "prepare", "export", "example", "augment"):
+    for hook in ("configure", "warm_start", "prepare", "export", "example", "augment", "lr_layers"):
         value = getattr(system, hook)
         if value is not None and not callable(value):
             problems.append(f"{hook} must be callable or None")

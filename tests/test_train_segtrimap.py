@@ -11,15 +11,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from jaxmatte import registry
 from jaxmatte.data import write_synthetic_matting
 from jaxmatte.data.transforms import ResizePolicy
 from jaxmatte.data.trimaps import binarize_mask, mask_from_alpha, record_labels, trimap_from_alpha
 from jaxmatte.models.segtrimap.data import IGNORE_LABEL, SegTrimapAugment, SegTrimapFields
-from jaxmatte.train import apply_override, load_config, state
+from jaxmatte.models.segtrimap.recipe import layerwise_settings
+from jaxmatte.train import apply_override, load_config, param_groups, state
 from jaxmatte.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +138,56 @@ def test_multistep_schedule_steps_per_epoch():
     lrs = [state.learning_rate(config.optim, steps, epoch * steps) for epoch in (0, 49, 50, 54)]
     assert lrs == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
     assert state.learning_rate(config.optim, steps, 50 * steps - 1) == pytest.approx(1e-4)
+
+
+def _first_updates(config, grad):
+    model_config = state.model_config(config)
+    model = state.build_model(config, model_config)
+    lr_layers = registry.system("segtrimap").lr_layers(model_config)
+    tx = state.make_optimizer(config.optim, 10, lr_layers)
+    _, train = state.init_state(model, tx)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, grad), train.params)
+    updates, _ = tx.update(grads, train.opt, train.params)
+    flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+    params = dict(jax.tree_util.tree_flatten_with_path(train.params)[0])
+    return {param_groups.path_keys(p): (np.asarray(u), np.asarray(params[p])) for p, u in flat}
+
+
+def test_layerwise_decay_scales_each_layer_and_includes_the_mask_embedding(data_root):
+    config = tiny_segtrimap(data_root)
+    layerwise_settings(config)
+    config.optim.weight_decay = 0.0
+    lr, depth = config.optim.lr, config.model.backbone.depth
+    expected = {0: 0.75 ** (depth + 1), 1: 0.75**depth, 2: 0.75 ** (depth - 1), depth + 1: 1.0}
+    seen = set()
+    for keys, (update, _) in _first_updates(config, grad=1.0).items():
+        if keys[0] in ("patch_embed_mask",) or keys[:2] in (("backbone", "patch_embed"), ("backbone", "pos_embed")):
+            layer = 0
+        elif keys[:2] == ("backbone", "blocks"):
+            layer = keys[2] + 1
+        else:
+            assert keys[0] in ("neck", "head") or keys[:2] == ("backbone", "cls_token"), keys
+            layer = 0 if keys[0] == "backbone" else depth + 1
+        seen.add(layer)
+        np.testing.assert_allclose(update, -lr * expected[layer], rtol=1e-4, err_msg=str(keys))
+    assert seen == set(expected)
+
+
+def test_weight_decay_on_matrices_skips_biases_norms_and_embeddings(data_root):
+    config = tiny_segtrimap(data_root)
+    layerwise_settings(config)
+    config.optim.layer_decay = 1.0
+    lr, wd = config.optim.lr, config.optim.weight_decay
+    decayed = []
+    for keys, (update, param) in _first_updates(config, grad=0.0).items():
+        if param.ndim >= 2 and "pos_embed" not in keys and "cls_token" not in keys:
+            np.testing.assert_allclose(update, -lr * wd * param, rtol=1e-5, atol=1e-12, err_msg=str(keys))
+            decayed.append(keys)
+        else:
+            assert not update.any(), keys
+    assert ("patch_embed_mask", "proj", "kernel") in decayed and len(decayed) > 10
+    with pytest.raises(ValueError, match="System.lr_layers"):
+        state.make_optimizer(load_config("segtrimap.py:layerwise").optim, 10)
 
 
 # -------------------------------------------------------------------------------------------------------- training

@@ -349,3 +349,13 @@ class VisionTransformer(nnx.Module):
 def forward(model: VisionTransformer, x: jax.Array, indices: tuple[int, ...] = ()) -> ViTOutput:
     """Jitted `model(x, indices=indices)`; `indices` must be a tuple."""
     return model(x, indices=indices)
+
+
+def layer_of(keys: tuple, depth: int) -> int:
+    """The layer-wise lr decay layer of a parameter path inside a ViT: 0 for the patch / position embeddings and
+    tokens, ``i + 1`` for block ``i``, ``depth + 1`` for the rest (the final norm)."""
+    if keys and keys[0] == "blocks":
+        return int(keys[1]) + 1
+    if keys and keys[0] in ("patch_embed", "pos_embed", "cls_token", "reg_token"):
+        return 0
+    return depth + 1

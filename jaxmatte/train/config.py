@@ -79,6 +79,8 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.optim.eta_min = 1e-6
     c.optim.warmup_epochs = 0
     c.optim.weight_decay = 1e-4
+    c.optim.weight_decay_on = "all"  # all | matrices (not biases, norms, position embeddings, tokens)
+    c.optim.layer_decay = 1.0  # < 1: layer-wise lr decay (systems with System.lr_layers)
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8

@@ -188,7 +188,9 @@ class Trainer:
         fresh = self.checkpoints.latest_step() is None
         if fresh:
             warm_start(model, config)
-        self.tx = train_state.make_optimizer(config.optim, self.steps_per_epoch)
+        hook = self.system.lr_layers
+        lr_layers = hook(self.model_config) if hook is not None else None
+        self.tx = train_state.make_optimizer(config.optim, self.steps_per_epoch, lr_layers)
         self.loss = train_state.make_loss(config)
         self._set_model(model)
         self._unprepared = model if fresh and self.system.prepare is not None else None

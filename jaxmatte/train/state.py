@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from jaxmatte import registry
+from jaxmatte.train import param_groups
 from jaxmatte.train.config import base_config, customised_backbone, model_config
 
 __all__ = [
@@ -141,10 +142,13 @@ def _schedule(optim_values: tuple, steps_per_epoch: int, accum: int) -> optax.Sc
 
 @functools.lru_cache(maxsize=16)
 def _optimizer(
-    schedule_values, steps_per_epoch, wd, b1, b2, eps, clip, accum, skip_nonfinite
+    schedule_values, steps_per_epoch, wd, b1, b2, eps, clip, accum, skip_nonfinite, decay_on, layers
 ) -> optax.GradientTransformation:
     schedule = _schedule(schedule_values, steps_per_epoch, accum)
-    adam = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd)
+    mask = param_groups.decay_mask if decay_on == "matrices" else None
+    adam = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask)
+    if layers is not None:
+        adam = optax.chain(adam, param_groups.scale_by_layer(*layers))
     tx = optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
     if skip_nonfinite:
         tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)
@@ -153,10 +157,16 @@ def _optimizer(
     return tx
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(
+    optim: ml_collections.ConfigDict, steps_per_epoch: int, lr_layers: tuple | None = None
+) -> optax.GradientTransformation:
     """clip_by_global_norm (unless `clip_norm` <= 0) + AdamW (Adam at weight decay 0) with the per-epoch
     `optim.schedule` (cosine: `epoch_schedule`; multistep: `multistep_schedule` over `milestones` with `gamma`),
     wrapped in MultiSteps for `accum_steps` > 1.
+
+    `optim.weight_decay_on`: "all" parameters, or "matrices" (`param_groups.decay_mask`). `optim.layer_decay` < 1
+    scales each parameter's step by its layer (`param_groups.scale_by_layer`) and needs the system's
+    ``lr_layers = (layer_of, top)``.
 
     One call per micro-batch; an update is applied every `accum_steps` micro-batches. The same settings return the
     same object (so jitted steps are reused).
@@ -164,6 +174,17 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
     accum = int(optim.accum_steps)
     if accum < 1:
         raise ValueError(f"optim.accum_steps must be >= 1, got {accum}")
+    decay_on = str(optim.get("weight_decay_on", "all"))
+    if decay_on not in ("all", "matrices"):
+        raise ValueError(f"optim.weight_decay_on must be 'all' or 'matrices', got {decay_on!r}")
+    layer_decay = float(optim.get("layer_decay", 1.0))
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"optim.layer_decay must be in (0, 1] (1: off), got {layer_decay}")
+    layers = None
+    if layer_decay < 1.0:
+        if lr_layers is None:
+            raise ValueError("optim.layer_decay < 1 needs a system with layer-wise groups (System.lr_layers)")
+        layers = (*lr_layers, layer_decay)
     return _optimizer(
         _schedule_values(optim),
         int(steps_per_epoch),
@@ -174,6 +195,8 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
         float(optim.clip_norm),
         accum,
         bool(optim.skip_nonfinite),
+        decay_on,
+        layers,
     )
 
 

@@ -63,6 +63,16 @@ def faithful_settings(config: ml_collections.ConfigDict) -> ml_collections.Confi
     return config
 
 
+def layerwise_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The original's `--layerwise-decay` groups (decay 0.75 per block, weight decay 0.02 on weight matrices); the
+    mask patch embedding joins the embedding layer instead of being left out."""
+    o = config.optim
+    o.layer_decay = 0.75
+    o.weight_decay = 0.02
+    o.weight_decay_on = "matrices"
+    return config
+
+
 def demo_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A 4-block ViT-S-wide SegTrimap at 224 on the embedded soft-alpha synthetic data (input masks alpha >= 30,
     trimaps from the alpha's unknown band), minutes on two CPU cores."""

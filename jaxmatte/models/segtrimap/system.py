@@ -8,6 +8,7 @@ weights, focal gamma) and ``labels`` (padding ignored or background, the unknown
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ import jax
 from flax import nnx
 
 from jaxmatte import losses
+from jaxmatte.backbones import vit
 from jaxmatte.models.segtrimap.data import SegTrimapAugment, SegTrimapFields
 from jaxmatte.models.segtrimap.modeling import logits_at
 from jaxmatte.registry import System, register_system
@@ -56,6 +58,21 @@ class SegTrimapLoss:
 def infer(model: nnx.Module, image: jax.Array, input_mask: jax.Array) -> jax.Array:
     """Class logits (B, H, W, 3) at the input size (the head's 512 -> 448 resize of the original evaluator)."""
     return logits_at(model(image, input_mask), image.shape[1:3])
+
+
+def layer_of(keys: tuple, depth: int) -> int:
+    """Layer-wise lr decay layers: the mask patch embedding with the image embeddings (0), block ``i`` at
+    ``i + 1``, neck and head on top (``depth + 1``, the full learning rate)."""
+    if keys[0] == "patch_embed_mask":
+        return 0
+    if keys[0] == "backbone":
+        return vit.layer_of(keys[1:], depth)
+    return depth + 1
+
+
+def lr_layers(model_config: Any) -> tuple[Any, int]:
+    depth = model_config.backbone.depth
+    return functools.partial(layer_of, depth=depth), depth + 1
 
 
 def example(config: Any, policy: Any) -> SegTrimapFields:
@@ -105,5 +122,6 @@ SEGTRIMAP = register_system(
         inputs=("image", "input_mask"),
         example=example,
         augment=augment,
+        lr_layers=lr_layers,
     )
 )
