@@ -195,9 +195,12 @@ class FrozenBatchNorm(nnx.Module):
         self.var = nnx.BatchStat(jnp.ones((features,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return self._normalize(x, batch_statistics=self.calibrating)
+
+    def _normalize(self, x: jax.Array, *, batch_statistics: bool) -> jax.Array:
         f32 = jnp.float32
         x32 = x.astype(f32)
-        if self.calibrating:
+        if batch_statistics:
             axes = tuple(range(x.ndim - 1))
             mean, var = jnp.mean(x32, axis=axes), jnp.var(x32, axis=axes)
             count = x32.size // x32.shape[-1]
@@ -210,6 +213,18 @@ class FrozenBatchNorm(nnx.Module):
         factor = jax.lax.rsqrt(var + BN_EPS) * self.scale[...].astype(f32)
         y = (x32 - mean) * factor + self.bias[...].astype(f32)
         return y.astype(self.dtype or x.dtype)
+
+
+class TorchBatchNorm(FrozenBatchNorm):
+    """`nn.BatchNorm2d` exactly: batch statistics with PyTorch's running update (momentum 0.1, unbiased variance) in
+    training mode, the stored statistics after `eval()` (nnx's `use_running_average`); float32 arithmetic."""
+
+    def __init__(self, features: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs | None = None):
+        super().__init__(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.use_running_average = False
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self._normalize(x, batch_statistics=not self.use_running_average)
 
 
 class ConvBN(nnx.Module):

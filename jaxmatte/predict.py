@@ -13,13 +13,16 @@ output kind and `infer`); how it is fed and read comes from the directory's prep
 - jaxmatte-trained models: letterbox (longer side to the input size, centred, zero padding), model, crop the padding,
   cv2 INTER_LINEAR back to (W, H), x255 rounded to the nearest uint8.
 
-Systems with a second input (SegTrimap's coarse object mask, `System.inputs`) take it per image: `masks=` in
-`predict_arrays` / `predict_files`. A mask is binarised (`jaxmatte.data.trimaps.binarize_mask`: 0 / 1 masks as is,
-others at >= 30), resized to its image's size with nearest neighbour if it differs, and placed on the canvas like the
-image (nearest). Trimap systems return H x W class ids (0 background, 1 unknown, 2 foreground; `jaxmatte.outputs`).
+Systems with a second input (`System.inputs`: SegTrimap's coarse object mask, DIM's trimap) take it per image:
+`masks=` in `predict_arrays` / `predict_files`. An object mask is binarised (`jaxmatte.data.trimaps.binarize_mask`:
+0 / 1 masks as is, others at >= 30), a trimap is read as trimap / 255; either is resized to its image's size with
+nearest neighbour if it differs, and placed on the canvas like the image (nearest). Trimap systems return H x W class
+ids (0 background, 1 unknown, 2 foreground; `jaxmatte.outputs`).
 
-Every image becomes a size x size input, so images of different sizes share one batch; the last batch is padded to
-the batch size (one compiled shape). The forward pass is jitted; host-side decoding and resizing use OpenCV / PIL.
+With the letterbox and stretch policies every image becomes a size x size input, so images of different sizes share
+one batch; the last batch is padded to the batch size (one compiled shape). The ``native`` policy (DIM: the whole
+image at its own resolution) runs each input shape separately and compiles once per shape. The forward pass is
+jitted; host-side decoding and resizing use OpenCV / PIL.
 
     predictor = Predictor("ckpt/tsr_base")                     # or Predictor("runs/tsr", dtype=jnp.bfloat16)
     alphas = predictor.predict_arrays([rgb_uint8, ...])         # list of HxW uint8
@@ -90,7 +93,7 @@ def precision_dtype(precision: str) -> Any:
     return PRECISIONS[precision]
 
 
-SUPPORTED_INPUTS = ("image", "input_mask")
+SUPPORTED_INPUTS = ("image", "input_mask", "trimap")
 
 
 @partial(jax.jit, static_argnums=0)
@@ -156,9 +159,19 @@ class Predictor:
         return self.system.output
 
     @property
+    def companion(self) -> str | None:
+        """The per-image second input the system reads ("input_mask" or "trimap"), or None."""
+        return self.system.inputs[1] if len(self.system.inputs) > 1 else None
+
+    @property
     def needs_mask(self) -> bool:
         """Whether every image needs its object mask (`masks=`)."""
-        return "input_mask" in self.system.inputs
+        return self.companion == "input_mask"
+
+    @property
+    def needs_trimap(self) -> bool:
+        """Whether every image needs its trimap (`masks=` holds the trimaps)."""
+        return self.companion == "trimap"
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description: checkpoint, family, compute dtype, preprocessing."""
@@ -171,42 +184,49 @@ class Predictor:
         }
 
     def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[tuple[np.ndarray, ...], Placement]:
-        """((S x S x 3 float32 normalised input[, S x S x 1 float32 {0, 1} mask]), placement) of an HxWx3 uint8 RGB
-        image [and its HxW object mask, for systems that read one]."""
+        """((canvas x 3 float32 normalised input[, canvas x 1 float32 companion]), placement) of an HxWx3 uint8 RGB
+        image [and its HxW companion: the object mask ({0, 1} after `binarize_mask`) or the trimap (/ 255)]. A
+        companion of another size is resized to the image's with nearest neighbour; both are placed nearest."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.dtype} {image.shape}")
         canvas, placement = self.policy.image(image)
         normalised = ((canvas.astype(np.float32) / np.float32(255.0) - self._mean) / self._std).astype(np.float32)
-        if not self.needs_mask:
+        if self.companion is None:
             return (normalised,), placement
         if mask is None:
-            raise ValueError(f"{self.family} predicts from an image and its object mask; no mask given")
-        binary = binarize_mask(np.asarray(mask))
-        if binary.shape != image.shape[:2]:
-            binary = resize_uint8(binary, image.shape[:2], "nearest")
-        placed = self.policy.placement(*image.shape[:2])
-        mask_canvas = np.zeros((self.policy.size, self.policy.size), np.float32)
-        inner = resize_uint8(binary, (placed.inner_height, placed.inner_width), "nearest")
-        mask_canvas[placed.top : placed.top + placed.inner_height, placed.left : placed.left + placed.inner_width] = (
-            inner
+            what = "object mask" if self.needs_mask else "trimap"
+            raise ValueError(f"{self.family} predicts from an image and its {what}; none given")
+        mask = np.asarray(mask)
+        if mask.dtype != np.uint8 or mask.ndim != 2:
+            raise ValueError(f"expected an HxW uint8 {self.companion}, got {mask.dtype} {mask.shape}")
+        values = binarize_mask(mask) if self.needs_mask else mask
+        if values.shape != image.shape[:2]:
+            values = resize_uint8(values, image.shape[:2], "nearest")
+        placed = resize_uint8(values, (placement.inner_height, placement.inner_width), "nearest")
+        companion = np.zeros(normalised.shape[:2], np.float32)
+        window = (
+            slice(placement.top, placement.top + placement.inner_height),
+            slice(placement.left, placement.left + placement.inner_width),
         )
-        return (normalised, mask_canvas[..., None]), placement
+        companion[window] = placed if self.needs_mask else placed.astype(np.float32) / np.float32(255.0)
+        return (normalised, companion[..., None]), placement
 
     def finish(self, prediction: np.ndarray, placement: Placement) -> np.ndarray:
         """HxW uint8 result at the original size (alpha, or trimap class ids) from an S x S[ x C] prediction."""
         return outputs.finish(self.output, prediction, placement, self.policy, self.preprocessing.quantization)
 
-    def canvas_outputs(self, prepared: Sequence[tuple[tuple[np.ndarray, ...], Placement]]) -> np.ndarray:
+    def canvas_outputs(self, prepared: Sequence[tuple[tuple[np.ndarray, ...], Placement]]) -> Any:
         """Host float32 canvas outputs (N, S, S, C) of `prepare` results, before `finish` (e.g. trimap logits);
-        run in batches of `batch_size` padded as in `predict_arrays`, so the values match theirs."""
+        run in batches of `batch_size` padded as in `predict_arrays`, so the values match theirs. A list of
+        per-image canvases for the ``native`` policy."""
         if not prepared:
             raise ValueError("canvas_outputs needs at least one prepared input")
         parts = []
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
-            parts.append(np.asarray(self._dispatch(chunk), dtype=np.float32)[: len(chunk)])
-        return np.concatenate(parts)
+            parts.extend(self._host(self._dispatch(chunk), len(chunk)))
+        return np.stack(parts) if self.policy.fixed_shape else parts
 
     def predict_arrays(
         self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None
@@ -235,9 +255,10 @@ class Predictor:
         Files are read one batch at a time; the next batch is read while the device works on the current one.
         """
         paths = [Path(path) for path in paths]
-        if self.needs_mask and (masks is None or len(masks) != len(paths)):
-            raise ValueError(f"{self.family} needs an object mask file per image (masks=)")
-        mask_of = dict(zip(paths, masks, strict=True)) if self.needs_mask else {}
+        if self.companion is not None and (masks is None or len(masks) != len(paths)):
+            what = "an object mask" if self.needs_mask else "a trimap"
+            raise ValueError(f"{self.family} needs {what} file per image (masks=)")
+        mask_of = dict(zip(paths, masks, strict=True)) if self.companion is not None else {}
         pending = None
         for batch in _chunks(paths, self.batch_size):
             loaded = [(path, *_load(path, mask_of.get(path))) for path in batch]
@@ -252,15 +273,31 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------------ internals
 
-    def _dispatch(self, prepared: Sequence[tuple[tuple[np.ndarray, ...], Placement]]) -> jax.Array:
-        """Start the forward pass of up to `batch_size` prepared inputs (padded with copies of the last one)."""
-        inputs = [item[0] for item in prepared]
-        inputs.extend([inputs[-1]] * (self.batch_size - len(inputs)))
-        stacked = [jnp.asarray(np.stack(column)) for column in zip(*inputs, strict=True)]
-        return _infer(self._graphdef, self._state, *stacked)
+    def _dispatch(self, prepared: Sequence[tuple[tuple[np.ndarray, ...], Placement]]) -> list[tuple[list[int], Any]]:
+        """Start the forward passes of up to `batch_size` prepared inputs: one per input shape (one in all for the
+        fixed-size policies), each padded with copies of its last input; [(indices in `prepared`, device output)]."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault(item[0][0].shape, []).append(index)
+        started = []
+        for indices in groups.values():
+            inputs = [prepared[i][0] for i in indices]
+            inputs.extend([inputs[-1]] * (self.batch_size - len(inputs)))
+            stacked = [jnp.asarray(np.stack(column)) for column in zip(*inputs, strict=True)]
+            started.append((indices, _infer(self._graphdef, self._state, *stacked)))
+        return started
 
-    def _finish_batch(self, result: jax.Array, prepared: Sequence[tuple[Any, Placement]]) -> list[np.ndarray]:
-        host = np.asarray(result)
+    def _host(self, started: list[tuple[list[int], Any]], count: int) -> list[np.ndarray]:
+        """The float32 host outputs of `_dispatch`, in input order."""
+        host: list[Any] = [None] * count
+        for indices, result in started:
+            values = np.asarray(result, dtype=np.float32)
+            for position, index in enumerate(indices):
+                host[index] = values[position]
+        return host
+
+    def _finish_batch(self, started: list[tuple[list[int], Any]], prepared: Sequence[tuple[Any, Placement]]):
+        host = self._host(started, len(prepared))
         return [self.finish(host[index], placement) for index, (_, placement) in enumerate(prepared)]
 
     def _collect(
@@ -268,7 +305,7 @@ class Predictor:
         batch: list[Path],
         errors: dict[int, ImageReadError],
         prepared: list[tuple[Path, np.ndarray, tuple[np.ndarray, Placement]]],
-        outputs: jax.Array | None,
+        outputs: list[tuple[list[int], Any]] | None,
         with_images: bool,
     ) -> Iterator[tuple[Any, ...]]:
         alphas = iter(self._finish_batch(outputs, [item[2] for item in prepared]) if prepared else [])

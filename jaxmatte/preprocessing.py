@@ -18,7 +18,7 @@ from typing import Any
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-RESIZES = ("letterbox", "stretch")
+RESIZES = ("letterbox", "stretch", "native")  # native: own resolution, padded to a multiple of `size`
 RESAMPLES = ("cv2_linear", "pil_bilinear")  # pil_bilinear: PIL's BILINEAR filter, antialiased when downscaling
 MASK_RESAMPLES = ("nearest", "linear")  # ground truth on the canvas: binary masks nearest, soft alpha linear
 RESTORES = ("cv2_linear",)
@@ -122,9 +122,10 @@ class Preprocessing:
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for reports (geometry as `resize_policy` and `input_size` [S, S])."""
         values = self.to_dict()
+        geometry = {"pad_to_multiple": self.size} if self.resize == "native" else {"input_size": [self.size, self.size]}
         return {
             "resize_policy": values.pop("resize"),
-            "input_size": [self.size, self.size],
+            **geometry,
             **{k: v for k, v in values.items() if k != "size"},
         }
 

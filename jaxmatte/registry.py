@@ -85,6 +85,10 @@ class System:
     adds "input_mask"). `example(run_config, policy)` returns the per-record field builder of the data pipeline
     (`jaxmatte.data.pipeline.MattingFields` when None): ``fields(record, train) -> (arrays, placement)``.
     `lr_layers(model_config)` returns ``(layer_of, top)`` for layer-wise lr decay (`jaxmatte.train.param_groups`).
+    `grad_transform(run_config)` returns an optax transformation applied to the raw gradients before clipping and
+    Adam (e.g. DIM pruning's BN-sparsity sub-gradient), or None. `open_split(run_config, roots, train)` opens a
+    split's records when the system reads its own layout (default `jaxmatte.data.folders.open_folders`).
+    `finish(trainer)` runs once after a run's last step, when ``last/`` has been exported (e.g. DIM's pruning).
     `augment(run_config)` returns the training augmentation (a grain RandomMap on records at the original
     resolution) or None; when the hook itself is None the shared `Augment` of ``data.augmentation`` is used.
     """
@@ -106,6 +110,9 @@ class System:
     example: Callable[[Any, Any], Any] | None = None
     augment: Callable[[Any], Any] | None = None
     lr_layers: Callable[[Any], tuple[Callable[[tuple], int], int]] | None = None
+    grad_transform: Callable[[Any], Any] | None = None
+    open_split: Callable[[Any, Any, bool], Any] | None = None
+    finish: Callable[[Any], None] | None = None
 
     @property
     def config_cls(self) -> type:
@@ -138,7 +145,18 @@ def register_system(system: System) -> System:
         problems.append("infer (model, images) -> output is required")
     if not system.inputs or system.inputs[0] != "image" or len(set(system.inputs)) != len(system.inputs):
         problems.append(f"inputs must start with 'image' and name each entry once, got {system.inputs}")
-    for hook in ("configure", "warm_start", "prepare", "export", "example", "augment", "lr_layers"):
+    for hook in (
+        "configure",
+        "warm_start",
+        "prepare",
+        "export",
+        "example",
+        "augment",
+        "lr_layers",
+        "grad_transform",
+        "open_split",
+        "finish",
+    ):
         value = getattr(system, hook)
         if value is not None and not callable(value):
             problems.append(f"{hook} must be callable or None")

@@ -82,7 +82,7 @@ def run(argv: list[str] | None = None) -> Converted:
         checkpoint = timm_resized_checkpoint(args.src, timm_model, img_size, window_size)
     elif img_size or window_size:
         raise SystemExit("--img-size/--window-size need --timm-model (timm does the resampling)")
-    elif args.src is None:
+    elif args.src is None or converter.reads_src:
         checkpoint = None
     else:
         checkpoint = load.read_checkpoint(args.src, allow=converter.allowed_classes)

@@ -28,7 +28,8 @@ class Converter:
     """`kind` is the CLI subcommand; `timm_resizing` adds the `--timm-model/--img-size` options (and
     `--window-size` with `window_size`); `needs_src`: whether `--src` is required (a converter reading its own files
     takes `checkpoint=None` without it); `allowed_classes`: torch classes (dotted names) the weights-only reader may
-    rebuild for this kind's files (e.g. a loss object pickled into a trainer's config record)."""
+    rebuild for this kind's files (e.g. a loss object pickled into a trainer's config record); `reads_src`: the
+    converter reads `--src` itself (e.g. with `port.pickled`) and gets ``checkpoint=None``."""
 
     kind: str
     help: str
@@ -38,6 +39,7 @@ class Converter:
     window_size: bool = False
     needs_src: bool = True
     allowed_classes: tuple[str, ...] = ()
+    reads_src: bool = False
 
 
 def json_ready(value: Any) -> Any:

@@ -204,8 +204,8 @@ def straight(data_root, tmp_path_factory):
 
 def test_trains_with_nfl_dt_and_validates_trimaps(straight):
     terms = straight["losses"][1]
-    assert {"nfl", "dt", "loss"} <= set(terms)
-    assert terms["loss"] == pytest.approx(terms["nfl"] + 0.1 * terms["dt"], rel=1e-5)
+    assert {"nfl", "dt", "total"} <= set(terms)
+    assert terms["total"] == pytest.approx(terms["nfl"] + 0.1 * terms["dt"], rel=1e-5)
     changed = [n for n in straight["initial"] if not np.array_equal(straight["initial"][n], straight["params"][n])]
     assert any(n.startswith("patch_embed_mask.") for n in changed) and any(n.startswith("head.") for n in changed)
     workdir = straight["workdir"]
@@ -224,7 +224,7 @@ def test_exact_resume_after_crash(data_root, straight, tmp_path):
     losses.update(second.train())
     second.close()
     for step, terms in straight["losses"].items():
-        assert losses[step]["loss"] == pytest.approx(terms["loss"], abs=1e-6, rel=1e-6), step
+        assert losses[step]["total"] == pytest.approx(terms["total"], abs=1e-6, rel=1e-6), step
     params = second.params()
     for name, value in straight["params"].items():
         np.testing.assert_allclose(params[name], value, atol=1e-6, rtol=1e-6, err_msg=name)
@@ -244,7 +244,7 @@ trainer = Trainer(tiny_segtrimap({data!r}), {workdir!r})
 losses = trainer.train()
 trainer.close()
 np.savez({out!r}, **trainer.params())
-print("LOSSES" + json.dumps({{k: v["loss"] for k, v in losses.items()}}))
+print("LOSSES" + json.dumps({{k: v["total"] for k, v in losses.items()}}))
 """
 
 
@@ -257,7 +257,7 @@ def test_data_parallel_matches_single_device(data_root, straight, tmp_path):
     line = next(line for line in result.stdout.splitlines() if line.startswith("LOSSES"))
     losses = {int(k): v for k, v in json.loads(line.removeprefix("LOSSES")).items()}
     for step, terms in straight["losses"].items():
-        assert losses[step] == pytest.approx(terms["loss"], rel=1e-4, abs=1e-5), step
+        assert losses[step] == pytest.approx(terms["total"], rel=1e-4, abs=1e-5), step
     params = dict(np.load(out))
     for name, value in straight["params"].items():
         np.testing.assert_allclose(params[name], value, atol=STEPS * 1e-3, rtol=1e-3, err_msg=name)

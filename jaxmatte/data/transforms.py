@@ -58,16 +58,20 @@ class Placement:
 
 @dataclasses.dataclass(frozen=True)
 class ResizePolicy:
-    """How images of any size become `size` x `size` model inputs, and how predictions go back."""
+    """How images of any size become model inputs, and how predictions go back.
 
-    kind: Literal["letterbox", "stretch"] = "letterbox"
+    ``letterbox`` / ``stretch``: a `size` x `size` canvas. ``native``: the image at its own resolution, zero-padded at
+    the bottom / right to a multiple of `size` (1: no padding), so inputs of different sizes have different shapes.
+    """
+
+    kind: Literal["letterbox", "stretch", "native"] = "letterbox"
     size: int = 1024
     resample: Literal["cv2_linear", "pil_bilinear"] = "cv2_linear"
     mask_resample: Literal["nearest", "linear"] = "nearest"
 
     def __post_init__(self):
-        if self.kind not in ("letterbox", "stretch"):
-            raise ValueError(f"ResizePolicy.kind must be 'letterbox' or 'stretch', got {self.kind!r}")
+        if self.kind not in ("letterbox", "stretch", "native"):
+            raise ValueError(f"ResizePolicy.kind must be 'letterbox', 'stretch' or 'native', got {self.kind!r}")
         if self.resample not in ("cv2_linear", "pil_bilinear"):
             raise ValueError(f"ResizePolicy.resample must be 'cv2_linear' or 'pil_bilinear', got {self.resample!r}")
         if self.mask_resample not in ("nearest", "linear"):
@@ -79,6 +83,8 @@ class ResizePolicy:
         """The canvas geometry for an original `height` x `width` image."""
         if height < 1 or width < 1:
             raise ValueError(f"cannot resize an empty image ({height}x{width})")
+        if self.kind == "native":
+            return Placement(height, width, 0, 0, height, width)
         if self.kind == "stretch":
             return Placement(height, width, 0, 0, self.size, self.size)
         scale = self.size / max(height, width)
@@ -87,8 +93,19 @@ class ResizePolicy:
         top, left = (self.size - inner_height) // 2, (self.size - inner_width) // 2
         return Placement(height, width, top, left, inner_height, inner_width)
 
+    @property
+    def fixed_shape(self) -> bool:
+        """Whether every canvas is `size` x `size` (not so for ``native``)."""
+        return self.kind != "native"
+
+    def canvas_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The canvas (H, W) of an original `height` x `width` image."""
+        if self.kind == "native":
+            return -(-height // self.size) * self.size, -(-width // self.size) * self.size
+        return self.size, self.size
+
     def image(self, image: np.ndarray) -> tuple[np.ndarray, Placement]:
-        """(size x size x C uint8 canvas, placement); `resample` filter, zero padding."""
+        """(canvas x C uint8, placement); `resample` filter, zero padding."""
         placement = self.placement(*image.shape[:2])
         return self._place(image, placement, self.resample), placement
 
@@ -106,8 +123,9 @@ class ResizePolicy:
         prediction = np.asarray(prediction, dtype=np.float32)
         if prediction.ndim == 3 and prediction.shape[-1] == 1:
             prediction = prediction[..., 0]
-        if prediction.shape[:2] != (self.size, self.size) or prediction.ndim not in (2, 3):
-            raise ValueError(f"expected a {self.size}x{self.size}[xC] prediction, got shape {prediction.shape}")
+        canvas = self.canvas_shape(placement.height, placement.width)
+        if prediction.shape[:2] != canvas or prediction.ndim not in (2, 3):
+            raise ValueError(f"expected a {canvas[0]}x{canvas[1]}[xC] prediction, got shape {prediction.shape}")
         inner = prediction[
             placement.top : placement.top + placement.inner_height,
             placement.left : placement.left + placement.inner_width,
@@ -124,9 +142,10 @@ class ResizePolicy:
             resized = resize_uint8(array, inner_shape, interpolation)
             if array.ndim == 3 and resized.ndim == 2:  # OpenCV drops a single channel axis
                 resized = resized[..., None]
-        if inner_shape == (self.size, self.size):
+        canvas_shape = self.canvas_shape(placement.height, placement.width)
+        if inner_shape == canvas_shape:
             return np.ascontiguousarray(resized)
-        canvas = np.zeros((self.size, self.size, *array.shape[2:]), dtype=array.dtype)
+        canvas = np.zeros((*canvas_shape, *array.shape[2:]), dtype=array.dtype)
         canvas[
             placement.top : placement.top + placement.inner_height,
             placement.left : placement.left + placement.inner_width,

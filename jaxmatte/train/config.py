@@ -85,6 +85,7 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
     c.optim.clip_norm = 1.0  # <= 0: no clipping
+    c.optim.clip_value = 0.0  # > 0: clamp every gradient element to +-clip_value first (before clip_norm)
     c.optim.epochs = 70
     c.optim.batch_size = 2
     c.optim.accum_steps = 4

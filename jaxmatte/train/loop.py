@@ -159,9 +159,13 @@ class Trainer:
             data.policy, int(data.size), resample=data.resample, mask_resample=data.mask_resample
         )
         companions = {"trimap_dir": data.trimap_dir or None, "input_mask_dir": data.input_mask_dir or None}
-        train_source = open_split(self.train_roots, **companions)
+        opener = self.system.open_split
+        if opener is None:
+            train_source, val_source = open_split(self.train_roots, **companions), open_split(val_roots, **companions)
+        else:
+            train_source, val_source = opener(config, self.train_roots, True), opener(config, val_roots, False)
         self.train_source = SkippingSource(select(train_source, data.train_select, "data.train_select"))
-        self.val_source: Any = select(open_split(val_roots, **companions), data.val_select, "data.val_select")
+        self.val_source: Any = select(val_source, data.val_select, "data.val_select")
         if data.val_limit > 0:
             self.val_source = Subset(self.val_source, range(min(int(data.val_limit), len(self.val_source))))
         self.steps_per_epoch = batches_per_epoch(len(self.train_source), self.batch_size, train=True)
@@ -190,7 +194,8 @@ class Trainer:
             warm_start(model, config)
         hook = self.system.lr_layers
         lr_layers = hook(self.model_config) if hook is not None else None
-        self.tx = train_state.make_optimizer(config.optim, self.steps_per_epoch, lr_layers)
+        pre = self.system.grad_transform(config) if self.system.grad_transform is not None else None
+        self.tx = train_state.make_optimizer(config.optim, self.steps_per_epoch, lr_layers, pre)
         self.loss = train_state.make_loss(config)
         self._set_model(model)
         self._unprepared = model if fresh and self.system.prepare is not None else None
@@ -267,6 +272,8 @@ class Trainer:
             if self.step >= self.total_steps:
                 self.export("last")
                 log.message(f"done: {self.step} steps; exported {self.workdir / 'last'}")
+                if self.system.finish is not None:
+                    self.system.finish(self)
             log.plot(t.best_metric)
         finally:
             log.close()

@@ -142,7 +142,7 @@ def _schedule(optim_values: tuple, steps_per_epoch: int, accum: int) -> optax.Sc
 
 @functools.lru_cache(maxsize=16)
 def _optimizer(
-    schedule_values, steps_per_epoch, wd, b1, b2, eps, clip, accum, skip_nonfinite, decay_on, layers
+    schedule_values, steps_per_epoch, wd, b1, b2, eps, clip, accum, skip_nonfinite, decay_on, layers, clip_value, pre
 ) -> optax.GradientTransformation:
     schedule = _schedule(schedule_values, steps_per_epoch, accum)
     mask = param_groups.decay_mask if decay_on == "matrices" else None
@@ -150,6 +150,10 @@ def _optimizer(
     if layers is not None:
         adam = optax.chain(adam, param_groups.scale_by_layer(*layers))
     tx = optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
+    if clip_value > 0:
+        tx = optax.chain(optax.clip(clip_value), tx)
+    if pre is not None:
+        tx = optax.chain(pre, tx)
     if skip_nonfinite:
         tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)
     if accum > 1:
@@ -158,9 +162,13 @@ def _optimizer(
 
 
 def make_optimizer(
-    optim: ml_collections.ConfigDict, steps_per_epoch: int, lr_layers: tuple | None = None
+    optim: ml_collections.ConfigDict,
+    steps_per_epoch: int,
+    lr_layers: tuple | None = None,
+    grad_transform: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
-    """clip_by_global_norm (unless `clip_norm` <= 0) + AdamW (Adam at weight decay 0) with the per-epoch
+    """[`grad_transform` (a system's, on the raw gradients) ->] [elementwise clip to +-`clip_value` (> 0) ->]
+    clip_by_global_norm (unless `clip_norm` <= 0) + AdamW (Adam at weight decay 0) with the per-epoch
     `optim.schedule` (cosine: `epoch_schedule`; multistep: `multistep_schedule` over `milestones` with `gamma`),
     wrapped in MultiSteps for `accum_steps` > 1.
 
@@ -197,6 +205,8 @@ def make_optimizer(
         bool(optim.skip_nonfinite),
         decay_on,
         layers,
+        float(optim.get("clip_value", 0.0)),
+        grad_transform,
     )
 
 
