@@ -7,9 +7,9 @@ Feature maps for distillation: the pooled outputs of blocks 2..5.
 
 `DIMConfig.widths` holds the 18 output widths in module order ``[d1c1, d1c2, d2c1, d2c2, d3c1..3, d4c1..3, d5c1..3,
 up5, up4, up3, up2, up1]`` (the pruning `cfg`); the teacher's are `TEACHER_WIDTHS`. `DIMStudent` adds the 1x1
-projections ``feature2..5`` (to the teacher's widths, for SPKD's channel similarity) and the unused ``feature_trans2..5``
-connectors the original student also holds. A distillation run attaches a frozen teacher (`DIMConfig.teacher`, BN on
-its stored statistics in every mode).
+projections ``feature2..5`` (to the teacher's widths, for SPKD's channel similarity) and the unused
+``feature_trans2..5`` connectors the original student also holds. A distillation run attaches a frozen teacher
+(`DIMConfig.teacher`, BN on its stored statistics in every mode).
 """
 
 from __future__ import annotations
