@@ -4,6 +4,9 @@
         [--background R,G,B] [--precision fp32|bf16] [--batch-size N] [--recursive]
         [--resize stretch|letterbox] [--input-size S] [--quantization round|truncate]
     python predict.py INPUT ... --checkpoint SEGTRIMAP_DIR --mask-dir MASKS --output OUT [--format trimap,overlay]
+    python predict.py INPUT ... --checkpoint DIM_DIR --trimap-dir TRIMAPS --output OUT
+    python predict.py INPUT ... --checkpoint DIM_DIR --trimap-model SEGTRIMAP_DIR --mask-dir MASKS --output OUT
+        [--save-trimaps DIR]
 
 INPUT: an image file, a folder (its images; with `--recursive` also those in subfolders, whose relative paths are kept
 under OUT), or a glob pattern (quote it). `--checkpoint`: a converted directory (`port/convert.py`) or a training
@@ -14,6 +17,10 @@ Trimap models (SegTrimap) read each image's coarse object mask from `--mask-dir`
 0 / 1 masks as is, others binarised at >= 30; a mask of another size is resized with nearest neighbour) and write
 `<stem>.png` (the trimap: 0 background, 128 unknown, 255 foreground) and `<stem>_overlay.png` (the class colours over
 the image), at the image's original size. An image without a mask is reported and skipped.
+Trimap-based matting models (DIM and its pruned students) read each image's trimap from `--trimap-dir` (matched the
+same way; 0 background, 128 unknown, 255 foreground), run on the whole image at its own resolution and force the
+known regions; or, with `--trimap-model`, get the trimap from a SegTrimap model and the images' `--mask-dir` masks
+(the trimaps are also written to `--save-trimaps`).
 Unreadable files are reported and skipped. Exit status: 0 when at least one image was written, 2 otherwise.
 """
 
@@ -71,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mask-dir", type=Path, help="object masks by image stem (models that read one, e.g. SegTrimap)"
     )
+    parser.add_argument("--trimap-dir", type=Path, help="trimaps by image stem (trimap-based models, e.g. DIM)")
+    parser.add_argument(
+        "--trimap-model", type=Path, help="a SegTrimap directory making the trimaps of a DIM model from --mask-dir"
+    )
+    parser.add_argument("--save-trimaps", type=Path, help="with --trimap-model: also write the trimaps here")
     parser.add_argument(
         "--background", type=colour, default=(255, 255, 255), help="composite background R,G,B (default: 255,255,255)"
     )
@@ -145,10 +157,11 @@ def write_outputs(
     return written
 
 
-def match_masks(items: Sequence[tuple[Path, Path]], mask_dir: Path) -> tuple[list[tuple[Path, Path, Path]], list[str]]:
-    """((image, output stem, mask) for the images that have a mask in `mask_dir`, problems for those that do not).
-
-    A mask is found by the image's relative output path (recursive inputs), else by its file stem."""
+def match_masks(
+    items: Sequence[tuple[Path, Path]], mask_dir: Path, what: str = "mask"
+) -> tuple[list[tuple[Path, Path, Path]], list[str]]:
+    """((image, output stem, mask) for the images that have a mask (or trimap: `what`) in `mask_dir`, problems for
+    those that do not). A mask is found by the image's relative output path (recursive inputs), else by its stem."""
     masks = list_images(mask_dir, recursive=True)
     by_relative = {mask.relative_to(mask_dir).with_suffix(""): mask for mask in masks}
     by_stem: dict[str, Path] = {}
@@ -158,10 +171,20 @@ def match_masks(items: Sequence[tuple[Path, Path]], mask_dir: Path) -> tuple[lis
     for file, stem in items:
         mask = by_relative.get(stem) or by_stem.get(file.stem)
         if mask is None:
-            problems.append(f"{file}: skipped, no mask named {file.stem}.* in {mask_dir}")
+            problems.append(f"{file}: skipped, no {what} named {file.stem}.* in {mask_dir}")
             continue
         matched.append((file, stem, mask))
     return matched, problems
+
+
+def check_chain(alpha_predictor, trimap_predictor) -> None:
+    """A `--trimap-model` chain needs a trimap-based matting model and a trimap model."""
+    if not alpha_predictor.needs_trimap:
+        raise ValueError(f"--trimap-model feeds trimap-based matting models; {alpha_predictor.family} reads none")
+    if trimap_predictor.output != "trimap":
+        raise ValueError(
+            f"{trimap_predictor.directory}: --trimap-model needs a trimap model, not {trimap_predictor.family}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,11 +196,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no input images", file=sys.stderr)
         return 2
 
-    if args.mask_dir is not None and not args.mask_dir.is_dir():
-        print(f"error: {args.mask_dir}: mask folder not found", file=sys.stderr)
+    for option, folder in (("--mask-dir", args.mask_dir), ("--trimap-dir", args.trimap_dir)):
+        if folder is not None and not folder.is_dir():
+            print(f"error: {folder}: {option} folder not found", file=sys.stderr)
+            return 2
+    if args.save_trimaps is not None and args.trimap_model is None:
+        print("error: --save-trimaps needs --trimap-model", file=sys.stderr)
         return 2
     try:
         predictor = make_predictor(args)  # JAX starts here, after the arguments are checked
+        trimap_predictor = None
+        if args.trimap_model is not None:
+            trimap_predictor = make_predictor(argparse.Namespace(**{**vars(args), "checkpoint": args.trimap_model}))
+            check_chain(predictor, trimap_predictor)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -187,39 +218,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wrong:
         print(f"error: a {predictor.output} model writes {', '.join(allowed)}, not {', '.join(wrong)}", file=sys.stderr)
         return 2
-    masks = None
-    if predictor.needs_mask:
-        if args.mask_dir is None:
+    reader = trimap_predictor or predictor
+    companions = None
+    if reader.companion is not None:
+        option, folder, what = (
+            ("--mask-dir", args.mask_dir, "mask") if reader.needs_mask else ("--trimap-dir", args.trimap_dir, "trimap")
+        )
+        if folder is None:
+            hint = " (or --trimap-model SEGTRIMAP_DIR with --mask-dir)" if predictor.needs_trimap else ""
             print(
-                f"error: {predictor.family} predicts from an image and its object mask: give --mask-dir",
-                file=sys.stderr,
+                f"error: {predictor.family} predicts from an image and its {what}: give {option}{hint}", file=sys.stderr
             )
             return 2
-        matched, missing = match_masks(items, args.mask_dir)
+        matched, missing = match_masks(items, folder, what)
         problems.extend(missing)
         items = [(file, stem) for file, stem, _ in matched]
-        masks = [mask for _, _, mask in matched]
+        companions = [mask for _, _, mask in matched]
         if not items:
             for problem in problems[:SHOWN_PROBLEMS]:
                 print(f"error: {problem}", file=sys.stderr)
-            print("error: no image has a mask", file=sys.stderr)
+            print(f"error: no image has a {what}", file=sys.stderr)
             return 2
-    elif args.mask_dir is not None:
-        print(f"warning: {predictor.family} reads no masks; --mask-dir is ignored", file=sys.stderr)
+    for option, folder in (("--mask-dir", args.mask_dir), ("--trimap-dir", args.trimap_dir)):
+        used = (option == "--mask-dir" and reader.needs_mask) or (option == "--trimap-dir" and reader.needs_trimap)
+        if folder is not None and not used:
+            print(f"warning: {reader.family} does not read {option}; it is ignored", file=sys.stderr)
     pre = predictor.preprocessing
+    geometry = f"{pre.policy.size}x{pre.policy.size}" if pre.policy.fixed_shape else f"pad to {pre.policy.size}"
+    chain = f" <- trimaps of {trimap_predictor.directory}" if trimap_predictor is not None else ""
     print(
-        f"{predictor.directory} ({predictor.family}): {pre.policy.kind} {pre.policy.size}x{pre.policy.size}, "
-        f"{pre.quantization}, {args.precision}, batch {args.batch_size}; {len(items)} images -> {args.output}"
+        f"{predictor.directory} ({predictor.family}){chain}: {pre.policy.kind} {geometry}, {pre.quantization}, "
+        f"{args.precision}, batch {args.batch_size}; {len(items)} images -> {args.output}"
     )
 
     stems = {file: stem for file, stem in items}
     written = 0
-    results = predictor.predict_files([file for file, _ in items], with_images=True, masks=masks)
-    for path, result, image in tqdm(results, total=len(items), desc="predicting", unit="img", file=sys.stderr):
+    files = [file for file, _ in items]
+    if trimap_predictor is None:
+        results = predictor.predict_files(files, with_images=True, masks=companions)
+    else:
+        from jaxmatte.chain import TrimapToAlpha
+
+        results = TrimapToAlpha(trimap_predictor, predictor).predict_files(files, masks=companions)
+    for path, result, image, *trimap in tqdm(results, total=len(items), desc="predicting", unit="img", file=sys.stderr):
         if isinstance(result, ImageReadError):
             problems.append(f"{result.path}: {result.problem}")
             continue
         write_outputs(args.output, stems[path], result, image, chosen, args.background)
+        if trimap and args.save_trimaps is not None:
+            write_outputs(args.save_trimaps, stems[path], trimap[0], image, ("trimap",), args.background)
         written += 1
 
     print(f"wrote {written} of {len(items)} images to {args.output}")

@@ -24,8 +24,12 @@ def add_predictor_arguments(parser: argparse.ArgumentParser | argparse._Argument
     """Options of a `jaxmatte.predict.Predictor`: precision, batch size and preprocessing overrides."""
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="compute precision")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default: 1)")
-    parser.add_argument("--resize", choices=("stretch", "letterbox"), help="override the checkpoint's geometry")
-    parser.add_argument("--input-size", type=positive_int, help="override the checkpoint's input side")
+    parser.add_argument(
+        "--resize", choices=("stretch", "letterbox", "native"), help="override the checkpoint's geometry"
+    )
+    parser.add_argument(
+        "--input-size", type=positive_int, help="override the checkpoint's input side (native: pad to a multiple)"
+    )
     parser.add_argument(
         "--quantization", choices=("round", "truncate"), help="override the checkpoint's x255 quantisation"
     )

@@ -12,9 +12,13 @@ from jaxmatte.models.dim.modeling import (
     force_known,
     forward,
 )
+from jaxmatte.models.dim.system import DIM_STUDENT_SYSTEM, DIM_SYSTEM, DIMLoss
 
 __all__ = [
     "DIM",
+    "DIM_STUDENT_SYSTEM",
+    "DIM_SYSTEM",
+    "DIMLoss",
     "PRESETS",
     "TEACHER_WIDTHS",
     "DIMConfig",
