@@ -31,6 +31,7 @@ __all__ = [
     "SOBEL_X",
     "SOBEL_Y",
     "LAPLACIAN",
+    "alpha_prediction_loss",
     "boundary",
     "charbonnier",
     "cross_entropy_loss",
@@ -44,6 +45,10 @@ __all__ = [
     "normalized_focal_loss_softmax",
     "segtrimap_loss",
     "sobel_gradient",
+    "spkd_channel_similarity",
+    "spkd_loss",
+    "spkd_spatial_similarity",
+    "spkd_term",
     "ssim",
     "structure",
     "tsr_loss",
@@ -521,4 +526,112 @@ def segtrimap_loss(
             raise ValueError("kind 'nfl_dt' needs the distance map (unknown_distance_map(labels))")
         terms["dt"] = unknown_dt_loss(logits, labels, distance)
         total = total + w_dt * terms["dt"]
-    return total, {**terms, "loss": total}
+    return total, {**terms, "total": total}
+
+
+# ------------------------------------------------------------------------------------ Matting Prune / DIM (SPKD)
+
+# Matting Prune (``dim_prune.md`` §5): the alpha-prediction loss of DIM and DCP's SPKD distillation between teacher
+# and student feature maps (NHWC, the pooled outputs of down2..down5). Teacher features are never differentiated.
+
+ALPHA_LOSS_EPS_SQUARED = 1e-12
+ALPHA_LOSS_MASK_EPS = 1e-6
+SPKD_NORM_EPS = 1e-7
+SPKD_MODES = ("fixed", "faithful")
+
+
+def alpha_prediction_loss(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """DIM's L_α (§5.1): Σ sqrt(((p - t)·m)² + 1e-12) / (Σ m + 1e-6) over every pixel of the whole batch.
+
+    Any layout works as long as the three shapes agree (e.g. (B, H, W) or (B, H, W, 1)). Pixels outside the mask
+    still add 1e-6 each to the numerator, as in the original. `target` (ground truth or teacher alpha) and `mask`
+    are data: no gradient flows into them.
+    """
+    pred = _f32(pred)
+    target = lax.stop_gradient(_f32(target))
+    mask = lax.stop_gradient(_f32(mask))
+    if not pred.shape == target.shape == mask.shape:
+        raise ValueError(f"shapes differ: prediction {pred.shape}, target {target.shape}, mask {mask.shape}")
+    diff = (pred - target) * mask
+    return jnp.sum(jnp.sqrt(diff * diff + ALPHA_LOSS_EPS_SQUARED)) / (jnp.sum(mask) + ALPHA_LOSS_MASK_EPS)
+
+
+def _positions_by_channels(features: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> float32 (B, HW, C): row p is spatial position p (row-major, as torch's ``view(B, C, -1)``)."""
+    features = _f32(features)
+    if features.ndim != 4:
+        raise ValueError(f"expected NHWC feature maps (B, H, W, C), got shape {features.shape}")
+    batch, height, width, channels = features.shape
+    return features.reshape(batch, height * width, channels)
+
+
+def _l2_norm(x: jax.Array, axis: int) -> jax.Array:
+    """sqrt(Σ x²) along `axis` (kept); its gradient is 0 where the norm is 0 (torch's sqrt(sum(x²)) gives NaN)."""
+    squared = jnp.sum(x * x, axis=axis, keepdims=True)
+    positive = squared > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def spkd_spatial_similarity(features: jax.Array) -> jax.Array:
+    """S_sp (B, HW, HW): cosine-like similarity of spatial positions, each normalised over channels (+1e-7)."""
+    x = _positions_by_channels(features)
+    x = x / (_l2_norm(x, axis=2) + SPKD_NORM_EPS)
+    return jnp.einsum("bpc,bqc->bpq", x, x, precision=lax.Precision.HIGHEST)
+
+
+def spkd_channel_similarity(features: jax.Array) -> jax.Array:
+    """S_ch (B, C, C): similarity of channels, each normalised over the spatial positions (+1e-7)."""
+    x = _positions_by_channels(features)
+    x = x / (_l2_norm(x, axis=1) + SPKD_NORM_EPS)
+    return jnp.einsum("bpc,bpd->bcd", x, x, precision=lax.Precision.HIGHEST)
+
+
+def spkd_term(teacher: jax.Array, student: jax.Array, student_channel: jax.Array | None = None) -> jax.Array:
+    """mean((S_sp,T - S_sp,S)²) + mean((S_ch,T - S_ch,S)²) for one feature pair (kd_weight [1, 1]).
+
+    S_sp,S comes from the student's raw map (HW x HW does not depend on its width); S_ch,S from `student_channel`
+    (the pruned student's 1x1 projection to the teacher's width) when given, else from the raw map.
+    """
+    teacher = lax.stop_gradient(_f32(teacher))
+    channel_source = student if student_channel is None else student_channel
+    if teacher.ndim != 4 or student.ndim != 4 or channel_source.ndim != 4:
+        raise ValueError("SPKD feature maps are NHWC (B, H, W, C)")
+    if teacher.shape[:3] != student.shape[:3]:
+        raise ValueError(f"teacher {teacher.shape} and student {student.shape} differ in batch or spatial size")
+    if channel_source.shape != teacher.shape:
+        what = "student" if student_channel is None else "student channel projection"
+        raise ValueError(f"teacher {teacher.shape} and {what} {channel_source.shape} differ (channel similarity)")
+    spatial = spkd_spatial_similarity(teacher) - spkd_spatial_similarity(student)
+    channel = spkd_channel_similarity(teacher) - spkd_channel_similarity(channel_source)
+    return jnp.mean(spatial * spatial) + jnp.mean(channel * channel)
+
+
+def spkd_loss(
+    teacher_feats: Sequence[jax.Array],
+    student_feats: Sequence[jax.Array],
+    student_channel_feats: Sequence[jax.Array] | None = None,
+    *,
+    mode: Literal["fixed", "faithful"] = "fixed",
+) -> jax.Array:
+    """DCP's SPKD loss over the feature pairs (§5.2); `mode` is static.
+
+    ``"fixed"``: Σ over all pairs of `spkd_term`; ``"faithful"``: the last pair only (the original's loop assigns
+    instead of accumulating, so only down5 counts). `student_channel_feats` are the pruned student's projections
+    ``feature2..5`` (training stage); None uses the raw student maps (pruning stage, full-width student).
+    """
+    if mode not in SPKD_MODES:
+        raise ValueError(f"mode must be one of {SPKD_MODES}, got {mode!r}")
+    teacher_feats, student_feats = list(teacher_feats), list(student_feats)
+    if not teacher_feats or len(teacher_feats) != len(student_feats):
+        counts = f"{len(teacher_feats)} and {len(student_feats)}"
+        raise ValueError(f"need equally many teacher and student maps, got {counts}")
+    channel_feats = [None] * len(student_feats) if student_channel_feats is None else list(student_channel_feats)
+    if len(channel_feats) != len(student_feats):
+        raise ValueError(f"{len(channel_feats)} channel projections for {len(student_feats)} student maps")
+    pairs = list(zip(teacher_feats, student_feats, channel_feats, strict=True))
+    if mode == "faithful":
+        pairs = pairs[-1:]
+    total = jnp.zeros((), jnp.float32)
+    for teacher, student, channel in pairs:
+        total = total + spkd_term(teacher, student, channel)
+    return total

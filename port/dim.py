@@ -21,10 +21,11 @@ import numpy as np
 from jaxmatte import pretrained
 from jaxmatte.models.dim.modeling import UNIT_NAMES, DIMConfig, DIMStudentConfig
 from jaxmatte.preprocessing import Preprocessing
-from port.converter import Converted, Converter
+from port.converter import Converted, Converter, json_ready
 from port.table import PortError, Rule, Table, batch_norm, chain, conv, conv_kernel, port
 
 KIND = "dim"
+TEACHER_CLASS, STUDENT_CLASS = "models.DIMModel", "models.DIMModel_student"
 # the original test: the whole image at its own resolution (no padding), known regions forced, PNG rounded
 PREPROCESSING = Preprocessing(resize="native", size=1, mask_resample="nearest", quantization="round")
 
@@ -77,10 +78,24 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], *, source: str = "c
 
 def read_source(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(state dict, notes) of a pickled-model checkpoint or a plain state dict, never running pickled code."""
-    from port import pickled
+    from port import load, pickled
 
-    checkpoint = pickled.read_module_checkpoint(path, require_model=False)
-    return checkpoint.state_dict, checkpoint.notes()
+    try:
+        checkpoint = pickled.read_module_checkpoint(path)
+    except load.CheckpointError as refused:
+        try:  # a plain (or wrapped) state dict needs no module records
+            state_dict = load.unwrap_state_dict(load.read_checkpoint(path), source=str(path))
+        except load.CheckpointError:
+            raise refused from None
+        return dict(state_dict), {"container": "state dict"}
+    notes = {
+        "container": "pickled model",
+        "class": checkpoint.class_name,
+        "data_parallel": checkpoint.data_parallel,
+        "saved_in_training_mode": checkpoint.training,
+        "metadata": json_ready(checkpoint.metadata),
+    }
+    return checkpoint.state_dict, notes
 
 
 def check_cfg(config: DIMConfig, cfg_path: Path, *, source: str) -> list[int]:
@@ -104,6 +119,9 @@ def convert(checkpoint: Any, *, source: str, args: argparse.Namespace) -> Conver
     state_dict, notes = read_source(Path(source))
     converted = convert_state_dict(state_dict, source=source)
     config = converted.config
+    expected = STUDENT_CLASS if isinstance(config, DIMStudentConfig) else TEACHER_CLASS
+    if notes.get("class", expected) != expected:
+        raise PortError(f"{source}: the pickled model is a {notes['class']}, but its keys are those of a {expected}")
     if args.cfg is not None:
         if not isinstance(config, DIMStudentConfig) and not config.pruned:
             raise PortError(f"{source}: --cfg checks a pruned student, but this is a full-width model")

@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxmatte import outputs, registry, validation
 from jaxmatte.data import ImageReadError, open_folders, write_synthetic_dis, write_synthetic_matting
+from jaxmatte.data.composition import write_synthetic_composition
 from jaxmatte.data.pipeline import batches_per_epoch, make_dataset, make_iterator
 from jaxmatte.data.transforms import Augment, ResizePolicy
 from jaxmatte.train import state as train_state
@@ -110,8 +111,8 @@ def select(source: Any, spec: str, setting: str) -> Any:
 
 
 def data_roots(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
-    """(train roots, val roots); with `data.synthetic_root` the synthetic set (`data.synthetic`: dis | matting) is
-    written (or reused) first."""
+    """(train roots, val roots); with `data.synthetic_root` the synthetic set (`data.synthetic`: dis | matting |
+    composition, i.e. fg / alpha / bg folders) is written (or reused) first."""
     data = config.data
     if data.synthetic_root:
         low, high = data.synthetic_size
@@ -122,8 +123,14 @@ def data_roots(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]
             )
         elif data.synthetic == "matting":
             root = write_synthetic_matting(data.synthetic_root, splits=splits, size=(low, high), seed=config.seed)
+        elif data.synthetic == "composition":
+            root = Path(data.synthetic_root)
+            for offset, (split, count) in enumerate(splits.items()):
+                write_synthetic_composition(
+                    root / split, num_fg=count, num_bg=2 * count, size=(low, high), seed=config.seed + offset
+                )
         else:
-            raise ValueError(f"data.synthetic must be 'dis' or 'matting', got {data.synthetic!r}")
+            raise ValueError(f"data.synthetic must be 'dis', 'matting' or 'composition', got {data.synthetic!r}")
         return [str(root / "train")], [str(root / "val")]
     return list(data.train_roots), list(data.val_roots)
 

@@ -17,6 +17,7 @@ import ml_collections
 from jaxmatte.train.config import base_config
 
 AUGMENT_FIELDS = {"crop_sizes": (320, 480, 640), "out_size": 320, "faithful_trimap": False, "jitter": 0.125}
+# validation batches hold one whole image (native resolution)
 
 
 def dim_config(family: str = "dim") -> ml_collections.ConfigDict:
@@ -44,8 +45,8 @@ def dim_config(family: str = "dim") -> ml_collections.ConfigDict:
     d = c.data
     d.train_roots = ["datasets/dim/train"]  # fg/ + alpha/ + bg/ (composited on the fly), or image/ + alpha/ [+ trimap/]
     d.val_roots = ["datasets/dim/val"]
-    d.size = 320
-    d.policy = "letterbox"
+    d.size = 32  # the native policy: whole images padded to a multiple of 32 (training crops already are)
+    d.policy = "native"
     d.mask_resample = "nearest"
     d.val_region = "unknown"
     d.backgrounds_per_fg = 100
@@ -102,8 +103,7 @@ def demo_settings(config: ml_collections.ConfigDict, stage: str) -> ml_collectio
     d.synthetic_val = 8
     d.synthetic_size = (128, 192)
     d.backgrounds_per_fg = 4
-    d.size = 128
-    d.val_batch_size = 4
+    d.val_batch_size = 1
     config.augmentation.crop_sizes = [96, 128, 160]
     config.augmentation.out_size = 96
     o = config.optim

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,7 +28,10 @@ import optax
 from flax import nnx
 
 from jaxmatte import losses
+from jaxmatte.data.composition import CompositionFolders, composite_top_left
+from jaxmatte.data.folders import open_folders
 from jaxmatte.models.dim import pruning
+from jaxmatte.models.dim.data import DIMAugment, DIMFields, record_trimap
 from jaxmatte.models.dim.modeling import TEACHER_WIDTHS, DIMConfig, bn_scales, dim_input, force_known
 from jaxmatte.pretrained import read_config
 from jaxmatte.registry import System, register_system
@@ -70,6 +74,51 @@ class DIMLoss:
             terms["spkd"] = losses.spkd_loss(teacher.features, out.features, out.projected, mode=self.spkd)
             total = total + self.w_kd * terms["kd"] + self.w_spkd * terms["spkd"]
         return total, {**terms, "total": total}
+
+
+class ValidationRecords:
+    """A validation source whose records all carry "image" (top-left composites for fg / bg records) and "trimap"
+    (`data.record_trimap` when the record has none), as the loop's matting validation reads them."""
+
+    def __init__(self, source: Any, seed: int = 0):
+        self.source, self.seed = source, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = dict(self.source[index])
+        if record.get("image") is None:
+            record["image"] = composite_top_left(record["fg"], record["mask"], record["bg"])
+        record["trimap"] = record_trimap(record, self.seed)
+        return record
+
+
+def open_split(config: Any, roots: Any, train: bool) -> Any:
+    """fg/ + alpha/ + bg/ roots (composited on the fly, `data.backgrounds_per_fg` backgrounds per foreground), else
+    the image / alpha (+ trimap) layouts of `jaxmatte.data.folders`."""
+    roots = [Path(root) for root in roots]
+    data = config.data
+    composed = [root for root in roots if (root / "fg").is_dir() and (root / "bg").is_dir()]
+    if composed:
+        if len(composed) != len(roots) or len(roots) != 1:
+            raise ValueError(f"a composition split is one fg/ + alpha/ + bg/ root, got {[str(r) for r in roots]}")
+        source = CompositionFolders(roots[0], backgrounds_per_fg=int(data.backgrounds_per_fg))
+    else:
+        companions = {"trimap_dir": data.trimap_dir or None, "input_mask_dir": data.input_mask_dir or None}
+        source = open_folders(roots, **companions)
+    return source if train else ValidationRecords(source, int(config.seed))
+
+
+def example(config: Any, policy: Any) -> DIMFields:
+    return DIMFields(policy, stride=policy.size if policy.kind == "native" else 32, trimap_seed=int(config.seed))
+
+
+def augment(config: Any) -> DIMAugment:
+    section = config.augmentation
+    values = {f.name: section[f.name] for f in dataclasses.fields(DIMAugment) if section.get(f.name) is not None}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return DIMAugment(**values)
 
 
 def infer(model: nnx.Module, image: jax.Array, trimap: jax.Array) -> jax.Array:
@@ -215,6 +264,9 @@ def _system(name: str) -> System:
         inputs=("image", "trimap"),
         grad_transform=grad_transform,
         finish=finish,
+        example=example,
+        augment=augment,
+        open_split=open_split,
     )
 
 
