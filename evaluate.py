@@ -22,6 +22,11 @@ per dataset (named after ROOT), with a "prediction" entry naming checkpoint, geo
 `--save-preds P` writes `P/<dataset>/<stem>.png`. `--trimap-dir T`: trimaps by stem, matting metrics over the unknown
 region. Exit status 0 when every dataset had an evaluated image.
 
+Trimap-input systems (DIM teacher / pruned students): each image's trimap comes from `--trimap-dir`, else from the
+root's `trimaps/` or `trimap/` (an image without one is skipped; a root with neither is an error, exit 2). The
+matting set is reported over the unknown region, followed by DCP's own numbers under their own names (`DCP_SAD`,
+`DCP_MSE`, `DCP_Grad`, `DCP_Conn`: DCP's `test.py` protocol on the float predictions, `jaxmatte.metrics.compat`).
+
 Metric sets (`--metrics`): `dis` as above; `matting` (the default in model mode for matting systems such as
 dinomatte): MAE is the plain mean |alpha_pred - alpha_gt| (soft GT, no normalisation), then SAD, MSE, Grad, Conn, and
 the other DIS metrics only when the GT is binary.
@@ -340,6 +345,8 @@ def run_model_mode(args: argparse.Namespace) -> int:
     metrics = args.metrics or ("matting" if predictor.system.validation == "matting" else "dis")
     pre = predictor.preprocessing
     print(f"{predictor.directory}: {pre.policy.kind} {pre.policy.size}, {pre.quantization}, {args.precision}")
+    if predictor.needs_trimap:
+        print(f"trimaps: {args.trimap_dir} by stem" if args.trimap_dir else "trimaps: each root's trimaps/ or trimap/")
 
     reports = []
     for root, name in zip(args.data, names, strict=True):

@@ -21,6 +21,9 @@ binary by the soft rule.
 
 Reports: a text table (DIS papers' column order, then the matting metrics; MSE shown x1e3, HCE as an integer, the rest
 with 3 decimals), JSON (one object per dataset, exact key names), a per-image CSV and a PNG grid of the worst images.
+
+Original evaluators (`COMPAT_SYSTEMS`): for the DIM families a model run also reports DCP's own numbers (``DCP_*``,
+`jaxmatte.metrics.compat`, computed from the float predictions) after the standard ones, in every report.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmatte.data.io import ImageReadError, list_images, read_image, read_mask, write_png
+from jaxmatte.metrics.compat import COMPAT_KEYS, compat_image_metrics, summarize_compat
 from jaxmatte.metrics.dis import (
     DIS_KEYS,
     HCE_BINARIZE_RULES,
@@ -63,6 +67,13 @@ SUFFIX_PREFERENCE: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".webp", 
 TABLE_KEYS: tuple[str, ...] = (*DIS_KEYS, *MATTING_KEYS)
 METRIC_SETS: tuple[str, ...] = ("dis", "matting")
 MATTING_TABLE_KEYS: tuple[str, ...] = ("MAE", *MATTING_KEYS, *(key for key in DIS_KEYS if key != "MAE"))
+# System family -> the original evaluator (`jaxmatte.metrics.compat.COMPAT_KEYS`) whose numbers a model run adds,
+# computed from the float predictions.
+COMPAT_SYSTEMS: dict[str, str] = {"dim": "DCP", "dim_student": "DCP"}
+COMPAT_NOTES: dict[str, str] = {
+    "DCP": "DCP_*: DCP test.py on float predictions, known regions forced: SAD whole image /1000, MSE whole image "
+    "/ |unknown|, Grad /10, Conn /1000"
+}
 
 
 def table_keys(metrics: str) -> tuple[str, ...]:
@@ -115,7 +126,8 @@ class Problem:
 @dataclass(frozen=True)
 class ImageResult:
     """Per-image numbers (picklable): DIS partial results, matting metrics when they apply, sizes (H, W), the plain
-    alpha MAE and the GT's soft fraction; `metrics` names the set the row and `mae` report."""
+    alpha MAE and the GT's soft fraction; `metrics` names the set the row and `mae` report; `compat`: an original
+    evaluator's numbers (`COMPAT_SYSTEMS`), or None."""
 
     name: str
     gt_size: tuple[int, int]
@@ -125,9 +137,10 @@ class ImageResult:
     alpha_mae: float = math.nan
     soft_fraction: float = 0.0
     metrics: str = "dis"
+    compat: dict[str, float] | None = None
 
     def row(self) -> dict[str, Any]:
-        """The per-image CSV row."""
+        """The per-image CSV row (the `compat` numbers last)."""
         row: dict[str, Any] = {
             "name": self.name,
             "height": self.gt_size[0],
@@ -140,10 +153,11 @@ class ImageResult:
             row["MAE"] = self.alpha_mae
             row.update({key: self.matting[key] for key in MATTING_KEYS} if self.matting is not None else {})
             row.update({key: value for key, value in dis.items() if key != "MAE"})
-            return row
-        row.update(dis)
-        if self.matting is not None:
-            row.update({key: self.matting[key] for key in MATTING_KEYS})
+        else:
+            row.update(dis)
+            if self.matting is not None:
+                row.update({key: self.matting[key] for key in MATTING_KEYS})
+        row.update(self.compat or {})
         return row
 
     @property
@@ -153,18 +167,21 @@ class ImageResult:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Per-image results of one dataset and the files that were skipped; `matting_region` None = no matting."""
+    """Per-image results of one dataset and the files that were skipped; `matting_region` None = no matting;
+    `compat`: the original evaluator of the results' `compat` numbers, or None."""
 
     results: list[ImageResult]
     problems: list[Problem]
     matting_region: str | None
     hce_binarize: str = "dis"
     metrics: str = "dis"
+    compat: str | None = None
 
 
 @dataclass(frozen=True)
 class DatasetReport:
-    """Dataset summary: metric values by key, image count, skipped files, per-image results."""
+    """Dataset summary: metric values by key, image count, skipped files, per-image results; `compat`: the original
+    evaluator whose `COMPAT_KEYS` the summary also holds, or None."""
 
     name: str
     summary: dict[str, float]
@@ -174,10 +191,11 @@ class DatasetReport:
     hce_binarize: str
     results: list[ImageResult] = field(default_factory=list, repr=False)
     metrics: str = "dis"
+    compat: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON object of this dataset (metric keys in table order; NaN written as null)."""
-        keys = table_keys(self.metrics)
+        """The JSON object of this dataset (metric keys in table order, then the compat keys; NaN written as null)."""
+        keys = (*table_keys(self.metrics), *(COMPAT_KEYS[self.compat] if self.compat is not None else ()))
         data: dict[str, Any] = {key: _json_number(self.summary[key]) for key in keys if key in self.summary}
         data["images"] = self.images
         data["skipped"] = [problem.as_dict() for problem in self.skipped]
@@ -411,6 +429,9 @@ def summarize(name: str, evaluation: Evaluation, extra_problems: Sequence[Proble
             summary.update(dis)
             if evaluation.matting_region is not None:
                 summary.update(summarize_matting(matting))
+        compat = [result.compat for result in results if result.compat is not None]
+        if evaluation.compat is not None and compat:
+            summary.update(summarize_compat(evaluation.compat, compat))
     return DatasetReport(
         name=name,
         summary=summary,
@@ -420,6 +441,7 @@ def summarize(name: str, evaluation: Evaluation, extra_problems: Sequence[Proble
         hce_binarize=evaluation.hce_binarize,
         results=results,
         metrics=evaluation.metrics,
+        compat=evaluation.compat,
     )
 
 
@@ -478,13 +500,15 @@ def _mapped(
 
 def format_table(reports: Sequence[DatasetReport]) -> str:
     """Aligned text table, one row per dataset: DIS columns in the papers' order, then matting columns if any (the
-    matting set: MAE, the matting columns, then the DIS columns any dataset has)."""
+    matting set: MAE, the matting columns, then the DIS columns any dataset has), then any compat columns."""
     with_matting = any(report.matting_region is not None for report in reports)
     if reports and all(report.metrics == "matting" for report in reports):
         present = {key for report in reports for key in report.summary}
         keys = [key for key in MATTING_TABLE_KEYS if key in present or key in ("MAE", *MATTING_KEYS)]
     else:
         keys = list(DIS_KEYS) + (list(MATTING_KEYS) if with_matting else [])
+    compat = list(dict.fromkeys(report.compat for report in reports if report.compat is not None))
+    keys += [key for system in compat for key in COMPAT_KEYS[system]]
     header = ["dataset", "images", *("MSE(x1e3)" if key == "MSE" else key for key in keys)]
     rows = [
         [report.name, str(report.images), *(_format_value(key, report.summary.get(key)) for key in keys)]
@@ -502,6 +526,7 @@ def format_table(reports: Sequence[DatasetReport]) -> str:
         described = {"unknown": "unknown (trimap == 128)", "whole": "whole image (no trimap)"}
         regions = sorted({described[report.matting_region] for report in reports if report.matting_region})
         lines.append(f"matting region: {', '.join(regions)}; SAD, Grad, Conn /1000; MSE x1e3")
+    lines.extend(COMPAT_NOTES[system] for system in compat if system in COMPAT_NOTES)
     return "\n".join(lines)
 
 
@@ -512,6 +537,8 @@ def _format_value(key: str, value: float | None) -> str:
         return "nan"
     if key == "HCE":
         return str(round(value))
+    if key == "DCP_MSE":
+        return f"{value:.4f}"  # raw, as DCP prints it
     if key == "MSE":
         value *= 1e3
     return f"{value:.3f}"
@@ -671,11 +698,18 @@ def _paste_thumbnail(canvas: np.ndarray, content: np.ndarray, x: int, y: int, ti
 GRID_THUMBNAIL = 384  # worst-image columns are kept at most this large (the grid shows 192 px tiles)
 
 
-def open_dataset_folder(root: Path) -> Any:
-    """The image / ground-truth folders of one split, unvalidated (problems are listed, not raised)."""
+def open_dataset_folder(root: Path, trimap_dir: str | os.PathLike | None = None) -> Any:
+    """The image / ground-truth folders of one split, unvalidated (problems are listed, not raised); trimaps from
+    `trimap_dir`, else from the root's ``trimaps/`` / ``trimap/`` folder if any."""
     from jaxmatte.data.folders import open_folders
 
-    return open_folders(root, validate=False)
+    return open_folders(root, validate=False, trimap_dir=trimap_dir)
+
+
+def compat_system(predictor: Any) -> str | None:
+    """The original evaluator (`COMPAT_SYSTEMS`) of a predictor's system, or None."""
+    system = getattr(predictor, "system", None)
+    return COMPAT_SYSTEMS.get(getattr(system, "name", None) or getattr(predictor, "family", ""))
 
 
 def evaluate_folder(
@@ -699,6 +733,10 @@ def evaluate_folder(
     ``alpha_maps/``, ``image/`` + ``alpha/``). With `trimap_dir` (trimaps matched by stem, unknown = 128) the matting
     metrics cover the unknown region; a missing trimap is reported and that image skipped. `metrics`: the metric set
     (`METRIC_SETS`; "matting" implies the matting metrics).
+    A predictor that reads trimaps (``needs_trimap``, e.g. DIM) gets them from `trimap_dir`, else from the root's
+    ``trimaps/`` / ``trimap/`` folder (FileNotFoundError when there is neither); they also set the matting region.
+    For a system in `COMPAT_SYSTEMS` its original evaluator's numbers are added, computed from the float
+    predictions (resized to the GT size like the 8-bit ones when the sizes differ).
     Returns (`DatasetReport`, the `worst` images as small `GridItem`s). Records go to `evaluate_records` in chunks of
     `chunk_size`, so memory stays bounded; with `matting="auto"` the GTs are read once beforehand for the
     soft-GT decision. Unreadable images or GTs are reported as skipped. `save_dir`: also write `<stem>.png` there.
@@ -707,19 +745,30 @@ def evaluate_folder(
     matting = "yes" if metrics == "matting" else matting
     root = Path(root)
     name = name or root.resolve().name
-    folders = open_dataset_folder(root)
+    needs_trimap = bool(getattr(predictor, "needs_trimap", False))
+    compat = compat_system(predictor)
+    folders = open_dataset_folder(root, trimap_dir) if needs_trimap else open_dataset_folder(root)
     trimaps: dict[str, Path] = {}
     listing_problems = [Problem(path.name, reason) for path, reason in folders.problems]
-    if trimap_dir is not None:
+    if needs_trimap:
+        # with a trimap folder, the folders keep only the images that have a trimap; without one, none has
+        trimaps = {stem: folders.trimap_path(index) for index, stem in enumerate(folders.names)}
+        if any(path is None for path in trimaps.values()):
+            family = getattr(predictor, "family", "this model")
+            raise FileNotFoundError(
+                f"{root}: no trimaps for {family}, which predicts from an image and its trimap; add a trimaps/ or "
+                "trimap/ folder to the root or give a trimap folder (--trimap-dir)"
+            )
+    elif trimap_dir is not None:
         trimaps = _index_by_stem(trimap_dir, "trimap", listing_problems)
     pairs = [(stem, *folders.paths(index)[:2]) for index, stem in enumerate(folders.names)]
-    if trimap_dir is not None:
+    if trimap_dir is not None and not needs_trimap:
         missing = [stem for stem, _, _ in pairs if stem not in trimaps]
         listing_problems.extend(Problem(stem, f"no trimap {stem}.* in {trimap_dir}") for stem in missing)
         pairs = [pair for pair in pairs if pair[0] in trimaps]
     show = None if progress else True
 
-    if trimap_dir is not None:
+    if trimap_dir is not None or needs_trimap:
         with_matting = matting != "no"
     elif matting == "auto":
         fractions = []
@@ -735,23 +784,43 @@ def evaluate_folder(
     results: list[Any] = []
     problems: list[Any] = []
     worst_items: list[Any] = []
+    compat_rows: dict[str, dict[str, float]] = {}
 
     def flush(chunk: list[Any]) -> None:
         mode = "yes" if with_matting else "no"
         evaluation = evaluate_records(chunk, hce_binarize=hce_binarize, matting=mode, metrics=metrics)
+        if compat is not None:  # attach the compat numbers; those of records that became problems are dropped
+            scored = [replace(result, compat=compat_rows.pop(result.name, None)) for result in evaluation.results]
+            evaluation = replace(evaluation, results=scored)
+            compat_rows.clear()
         results.extend(evaluation.results)
         problems.extend(evaluation.problems)
         if worst > 0:
             fresh = [_shrink(item) for item in grid_items_from_records(chunk, worst_results(evaluation.results, worst))]
             worst_items[:] = sorted([*worst_items, *fresh], key=lambda item: (-item.mae, item.name))[:worst]
 
+    if compat is not None:
+        from jaxmatte.predict import quantize  # the uint8 results come from the float ones
+
     chunk: list[Any] = []
-    predictions = predictor.predict_files([image_path for _, image_path, _ in pairs], with_images=worst > 0)
+    image_paths = [image_path for _, image_path, _ in pairs]
+    options: dict[str, Any] = {"with_images": worst > 0}
+    if needs_trimap:
+        options["masks"] = [trimaps[stem] for stem, _, _ in pairs]
+    if compat is not None:
+        options["floats"] = True
+    predictions = predictor.predict_files(image_paths, **options)
     bar = tqdm(zip(pairs, predictions, strict=True), total=len(pairs), desc=name, file=sys.stderr, disable=show)
     for (stem, image_path, gt_path), (_, alpha, *image) in bar:
         if isinstance(alpha, ImageReadError):
-            problems.append(Problem(stem, f"unreadable image {image_path.name}: {alpha.problem}"))
+            if needs_trimap and alpha.path == trimaps[stem]:
+                problems.append(Problem(stem, f"unreadable trimap {alpha.path.name}: {alpha.problem}"))
+            else:
+                problems.append(Problem(stem, f"unreadable image {image_path.name}: {alpha.problem}"))
             continue
+        floats = None
+        if compat is not None:
+            floats, alpha = alpha, quantize(alpha, predictor.preprocessing.quantization)
         if save_dir is not None:
             write_png(Path(save_dir) / f"{stem}.png", alpha)
         try:
@@ -766,13 +835,16 @@ def evaluate_folder(
             except ImageReadError as error:
                 problems.append(Problem(stem, f"unreadable trimap {trimaps[stem].name}: {error.problem}"))
                 continue
+        if floats is not None and (trimap is None or trimap.shape == gt.shape):  # else evaluate_records reports it
+            compat_rows[stem] = compat_image_metrics(compat, resize_to_gt(floats, gt), gt, trimap)
         chunk.append(Record(stem, alpha, gt, trimap, image=image[0] if image else None))
         if len(chunk) >= chunk_size:
             flush(chunk)
             chunk = []
     if chunk:
         flush(chunk)
-    evaluation = Evaluation(results, problems, _region(with_matting, bool(trimaps)), hce_binarize, metrics)
+    region = _region(with_matting, bool(trimaps))
+    evaluation = Evaluation(results, problems, region, hce_binarize, metrics, compat)
     return summarize(name, evaluation, listing_problems), worst_items
 
 

@@ -28,6 +28,9 @@ jitted; host-side decoding and resizing use OpenCV / PIL.
     alphas = predictor.predict_arrays([rgb_uint8, ...])         # list of HxW uint8
     for path, alpha in predictor.predict_files(paths):          # alpha: HxW uint8, or the ImageReadError
         ...
+
+`floats=True` (`predict_arrays`, `predict_files`, `finish`; alpha systems) returns the HxW float32 alpha at the
+original size before quantisation instead (e.g. for evaluators that score float outputs, such as DCP's).
 """
 
 from __future__ import annotations
@@ -212,8 +215,13 @@ class Predictor:
         companion[window] = placed if self.needs_mask else placed.astype(np.float32) / np.float32(255.0)
         return (normalised, companion[..., None]), placement
 
-    def finish(self, prediction: np.ndarray, placement: Placement) -> np.ndarray:
-        """HxW uint8 result at the original size (alpha, or trimap class ids) from an S x S[ x C] prediction."""
+    def finish(self, prediction: np.ndarray, placement: Placement, *, floats: bool = False) -> np.ndarray:
+        """HxW uint8 result at the original size (alpha, or trimap class ids) from an S x S[ x C] prediction. With
+        `floats` (alpha systems only): the HxW float32 alpha at the original size before quantisation, unclipped;
+        ``quantize(result, preprocessing.quantization)`` of it is the uint8 result."""
+        if floats:
+            self._check_floats()
+            return self.policy.restore(prediction, placement)
         return outputs.finish(self.output, prediction, placement, self.policy, self.preprocessing.quantization)
 
     def canvas_outputs(self, prepared: Sequence[tuple[tuple[np.ndarray, ...], Placement]]) -> Any:
@@ -229,16 +237,19 @@ class Predictor:
         return np.stack(parts) if self.policy.fixed_shape else parts
 
     def predict_arrays(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None, *, floats: bool = False
     ) -> list[np.ndarray]:
-        """HxW uint8 result for each HxWx3 uint8 RGB image (any sizes) [with its mask], in order."""
+        """HxW uint8 result for each HxWx3 uint8 RGB image (any sizes) [with its mask], in order; with `floats`, the
+        float32 alphas (`finish`)."""
         if masks is not None and len(masks) != len(images):
             raise ValueError(f"{len(images)} images but {len(masks)} masks")
+        if floats:
+            self._check_floats()
         results: list[np.ndarray] = []
         for start in range(0, len(images), self.batch_size):
             chunk = range(start, min(start + self.batch_size, len(images)))
             prepared = [self.prepare(images[i], masks[i] if masks is not None else None) for i in chunk]
-            results.extend(self._finish_batch(self._dispatch(prepared), prepared))
+            results.extend(self._finish_batch(self._dispatch(prepared), prepared, floats))
         return results
 
     def predict_files(
@@ -247,14 +258,17 @@ class Predictor:
         *,
         with_images: bool = False,
         masks: Sequence[str | os.PathLike] | None = None,
+        floats: bool = False,
     ) -> Iterator[tuple[Any, ...]]:
         """(path, result) per file, in order; result is the HxW uint8 output or, for an unreadable file (or mask),
-        the `ImageReadError`. With `with_images`, (path, result, RGB image or None). `masks`: the object mask file of
-        each path (systems that read one).
+        the `ImageReadError`. With `with_images`, (path, result, RGB image or None). `masks`: the object mask (or
+        trimap) file of each path (systems that read one). `floats`: results are the float32 alphas (`finish`).
 
         Files are read one batch at a time; the next batch is read while the device works on the current one.
         """
         paths = [Path(path) for path in paths]
+        if floats:
+            self._check_floats()
         if self.companion is not None and (masks is None or len(masks) != len(paths)):
             what = "an object mask" if self.needs_mask else "a trimap"
             raise ValueError(f"{self.family} needs {what} file per image (masks=)")
@@ -266,12 +280,16 @@ class Predictor:
             errors = {index: error for index, (_, _, error) in enumerate(loaded) if error is not None}
             dispatched = self._dispatch([item[2] for item in prepared]) if prepared else None
             if pending is not None:
-                yield from self._collect(*pending, with_images)
+                yield from self._collect(*pending, with_images, floats)
             pending = (batch, errors, prepared, dispatched)
         if pending is not None:
-            yield from self._collect(*pending, with_images)
+            yield from self._collect(*pending, with_images, floats)
 
     # ------------------------------------------------------------------------------------------------ internals
+
+    def _check_floats(self) -> None:
+        if self.output != "alpha":
+            raise ValueError(f"{self.family} predicts {self.output}s; float results exist for alpha outputs only")
 
     def _dispatch(self, prepared: Sequence[tuple[tuple[np.ndarray, ...], Placement]]) -> list[tuple[list[int], Any]]:
         """Start the forward passes of up to `batch_size` prepared inputs: one per input shape (one in all for the
@@ -296,9 +314,11 @@ class Predictor:
                 host[index] = values[position]
         return host
 
-    def _finish_batch(self, started: list[tuple[list[int], Any]], prepared: Sequence[tuple[Any, Placement]]):
+    def _finish_batch(
+        self, started: list[tuple[list[int], Any]], prepared: Sequence[tuple[Any, Placement]], floats: bool = False
+    ):
         host = self._host(started, len(prepared))
-        return [self.finish(host[index], placement) for index, (_, placement) in enumerate(prepared)]
+        return [self.finish(host[index], placement, floats=floats) for index, (_, placement) in enumerate(prepared)]
 
     def _collect(
         self,
@@ -307,8 +327,9 @@ class Predictor:
         prepared: list[tuple[Path, np.ndarray, tuple[np.ndarray, Placement]]],
         outputs: list[tuple[list[int], Any]] | None,
         with_images: bool,
+        floats: bool = False,
     ) -> Iterator[tuple[Any, ...]]:
-        alphas = iter(self._finish_batch(outputs, [item[2] for item in prepared]) if prepared else [])
+        alphas = iter(self._finish_batch(outputs, [item[2] for item in prepared], floats) if prepared else [])
         images = iter([item[1][0] for item in prepared])
         for index, path in enumerate(batch):
             if index in errors:

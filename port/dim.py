@@ -61,7 +61,15 @@ def infer_config(state_dict: Mapping[str, np.ndarray], *, source: str = "checkpo
     widths = tuple(int(np.shape(state_dict[_weight_key(name)])[0]) for name in UNIT_NAMES)
     student = any(key.startswith("feature") for key in state_dict)
     try:
-        return DIMStudentConfig(widths=widths) if student else DIMConfig(widths=widths)
+        if not student:
+            return DIMConfig(widths=widths)
+        projections = [f"feature{level}.weight" for level in range(2, 6)]
+        absent = [key for key in projections if key not in state_dict]
+        if absent:
+            raise PortError(f"{source}: a student checkpoint without {absent}")
+        return DIMStudentConfig(
+            widths=widths, projection_widths=tuple(int(np.shape(state_dict[k])[0]) for k in projections)
+        )
     except ValueError as err:
         raise PortError(f"{source}: {err}") from None
 

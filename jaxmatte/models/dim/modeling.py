@@ -109,7 +109,15 @@ class DIMConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DIMStudentConfig(DIMConfig):
     """A pruned student: the `DIMConfig` tree at `widths` plus the ``feature2..5`` / ``feature_trans2..5`` 1x1
-    projections to `FEATURE_WIDTHS`."""
+    projections to `projection_widths` (the teacher's down2..down5 widths)."""
+
+    projection_widths: tuple[int, ...] = FEATURE_WIDTHS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        widths = tuple(self.projection_widths)
+        if len(widths) != 4 or any(not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"projection_widths must be four positive ints, got {widths}")
 
 
 PRESETS: dict[str, DIMConfig] = {
@@ -251,7 +259,8 @@ class DIMStudent(DIM):
     ):
         super().__init__(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, frozen_bn=frozen_bn)
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        for level, (cin, cout) in enumerate(zip(config.feature_widths(), FEATURE_WIDTHS, strict=True), start=2):
+        pairs = zip(config.feature_widths(), config.projection_widths, strict=True)
+        for level, (cin, cout) in enumerate(pairs, start=2):
             setattr(self, f"feature{level}", conv(cin, cout, 1, bias=False, **kw))
             setattr(self, f"feature_trans{level}", FeatureConnector(cin, cout, **kw))
 

@@ -32,7 +32,14 @@ from jaxmatte.data.composition import CompositionFolders, composite_top_left
 from jaxmatte.data.folders import open_folders
 from jaxmatte.models.dim import pruning
 from jaxmatte.models.dim.data import DIMAugment, DIMFields, record_trimap
-from jaxmatte.models.dim.modeling import TEACHER_WIDTHS, DIMConfig, bn_scales, dim_input, force_known
+from jaxmatte.models.dim.modeling import (
+    TEACHER_WIDTHS,
+    DIMConfig,
+    DIMStudentConfig,
+    bn_scales,
+    dim_input,
+    force_known,
+)
 from jaxmatte.pretrained import read_config
 from jaxmatte.registry import System, register_system
 from jaxmatte.train.param_groups import path_keys
@@ -142,7 +149,10 @@ def configure(arch: DIMConfig, config: Any) -> DIMConfig:
         family, teacher_arch, _ = read_config(teacher)
         if family != "dim":
             raise ValueError(f"{teacher}: distill.teacher must be a DIM teacher directory, found a {family!r} model")
-        arch = dataclasses.replace(arch, teacher=DIMConfig(widths=tuple(teacher_arch.widths)))
+        teacher_config = DIMConfig(widths=tuple(teacher_arch.widths))
+        arch = dataclasses.replace(arch, teacher=teacher_config)
+        if isinstance(arch, DIMStudentConfig):  # the projections map onto the teacher's feature widths
+            arch = dataclasses.replace(arch, projection_widths=teacher_config.feature_widths())
     return arch
 
 
