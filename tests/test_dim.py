@@ -277,3 +277,38 @@ def test_systems_are_registered():
     for name in ("dim", "dim_student"):
         system = registry.system(name)
         assert system.inputs == ("image", "trimap") and system.output == "alpha" and system.best_metric == "SAD"
+
+
+def test_trimap_model_chain_feeds_dim(tmp_path, pictures):
+    """predict.py --trimap-model: SegTrimap's trimaps (also saved) drive DIM exactly as the same trimaps given as
+    files; and the Python chain returns the same alphas."""
+    from test_segtrimap import converted as segtrimap_converted
+    from test_segtrimap import reference as segtrimap_reference
+
+    from jaxmatte.chain import TrimapToAlpha
+    from jaxmatte.data.io import read_image
+    from jaxmatte.predict import Predictor
+
+    images, trimaps = pictures
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in sorted(trimaps.iterdir()):
+        Image.fromarray(np.where(read_mask(path) >= 128, 255, 0).astype(np.uint8)).save(masks / path.name)
+    segtrimap = segtrimap_converted(tmp_path, segtrimap_reference(2, "x4", seed=3), "1", "segtrimap")
+    dim = converted(tmp_path, perturb_(DIMModel_student(SMALL_CFG), seed=8).eval(), "dim", legacy=False)
+    predict = _load_script("predict")
+    chained, saved, direct = tmp_path / "chained", tmp_path / "saved", tmp_path / "direct"
+    base = [str(images), "--checkpoint", str(dim)]
+    chain_args = ["--trimap-model", str(segtrimap), "--mask-dir", str(masks)]
+    assert predict.main([*base, *chain_args, "--output", str(chained), "--save-trimaps", str(saved)]) == 0
+    assert predict.main([*base, "--trimap-dir", str(saved), "--output", str(direct)]) == 0
+    chain = TrimapToAlpha(Predictor(segtrimap), Predictor(dim))
+    for path in sorted(images.iterdir()):
+        trimap = read_mask(saved / f"{path.stem}.png")
+        assert trimap.shape == read_image(path).shape[:2] and set(np.unique(trimap)) <= {0, 128, 255}
+        alpha = read_mask(chained / f"{path.stem}.png")
+        np.testing.assert_array_equal(alpha, read_mask(direct / f"{path.stem}.png"))
+        alphas, classes = chain.predict_arrays([read_image(path)], [read_mask(masks / f"{path.stem}.png")])
+        np.testing.assert_array_equal(alphas[0], alpha)
+        np.testing.assert_array_equal(np.array([0, 128, 255], np.uint8)[classes[0]], trimap)
+    assert predict.main([*base, "--trimap-model", str(dim), "--mask-dir", str(masks), "--output", str(chained)]) == 2
