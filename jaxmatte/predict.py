@@ -275,7 +275,7 @@ class Predictor:
         mask_of = dict(zip(paths, masks, strict=True)) if self.companion is not None else {}
         pending = None
         for batch in _chunks(paths, self.batch_size):
-            loaded = [(path, *_load(path, mask_of.get(path))) for path in batch]
+            loaded = [self._checked(path, *_load(path, mask_of.get(path))) for path in batch]
             prepared = [(path, image, self.prepare(*image)) for path, image, _ in loaded if image is not None]
             errors = {index: error for index, (_, _, error) in enumerate(loaded) if error is not None}
             dispatched = self._dispatch([item[2] for item in prepared]) if prepared else None
@@ -286,6 +286,14 @@ class Predictor:
             yield from self._collect(*pending, with_images, floats)
 
     # ------------------------------------------------------------------------------------------------ internals
+
+    def _checked(self, path: Path, images: tuple[np.ndarray, ...] | None, error: ImageReadError | None) -> tuple:
+        """(path, images, error), with an image below the model's minimum side (`min_input_size`) as an error."""
+        minimum = int(getattr(self.model, "min_input_size", 1))
+        if images is not None and self.policy.kind == "native" and min(images[0].shape[:2]) < minimum:
+            height, width = images[0].shape[:2]
+            return path, None, ImageReadError(path, f"{height}x{width} is below {self.family}'s {minimum} px minimum")
+        return path, images, error
 
     def _check_floats(self) -> None:
         if self.output != "alpha":

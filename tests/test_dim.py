@@ -229,7 +229,7 @@ def test_predict_cli_reproduces_the_original_alpha(tmp_path, pictures, student):
     assert max(spread) > 10  # the perturbed model is not constant in the unknown region
 
 
-def test_predict_cli_reports_missing_trimaps_and_needs_them(tmp_path, pictures):
+def test_predict_cli_reports_missing_trimaps_and_needs_them(tmp_path, pictures, capsys):
     images, trimaps = pictures
     directory = converted(tmp_path, perturb_(DIMModel_student(SMALL_CFG), seed=7).eval(), "ckpt", legacy=False)
     partial = tmp_path / "some"
@@ -242,6 +242,16 @@ def test_predict_cli_reports_missing_trimaps_and_needs_them(tmp_path, pictures):
     assert predict.main([*base, "--trimap-dir", str(partial)]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == [first.name]
     assert predict.main(base) == 2  # neither --trimap-dir nor --trimap-model
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(tiny / "small.png")
+    Image.fromarray(np.full((20, 50), 128, np.uint8)).save(partial / "small.png")
+    out2 = tmp_path / "out2"
+    args = [str(tiny), str(images), "--checkpoint", str(directory), "--trimap-dir", str(partial), "--output", str(out2)]
+    capsys.readouterr()
+    assert predict.main(args) == 0  # the 20 px image is reported, the others still run
+    assert "small.png: 20x50 is below dim_student's 32 px minimum" in capsys.readouterr().err
+    assert sorted(p.name for p in out2.glob("*.png")) == [first.name]
 
 
 def test_pruning_thresholds_ties_and_zero_widths():

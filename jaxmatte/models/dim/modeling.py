@@ -183,6 +183,8 @@ class DIM(nnx.Module):
     """The DIM encoder-decoder (``down1..5``, ``up5..1``) at `config.widths`, plus the frozen `teacher` of a
     distillation run."""
 
+    min_input_size = STRIDE  # five poolings need 32 px per side
+
     def __init__(
         self,
         config: DIMConfig,
