@@ -42,6 +42,7 @@ from jaxmatte.models.dim.modeling import (
 )
 from jaxmatte.pretrained import read_config
 from jaxmatte.registry import System, register_system
+from jaxmatte.train.config import merge_overrides
 from jaxmatte.train.param_groups import path_keys
 from jaxmatte.train.warm_start import fill_part, load_directory
 
@@ -122,10 +123,7 @@ def example(config: Any, policy: Any) -> DIMFields:
 
 
 def augment(config: Any) -> DIMAugment:
-    section = config.augmentation
-    values = {f.name: section[f.name] for f in dataclasses.fields(DIMAugment) if section.get(f.name) is not None}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return DIMAugment(**values)
+    return merge_overrides(DIMAugment(), config.augmentation)
 
 
 def infer(model: nnx.Module, image: jax.Array, trimap: jax.Array) -> jax.Array:

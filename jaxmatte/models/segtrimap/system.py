@@ -20,6 +20,7 @@ from jaxmatte.backbones import vit
 from jaxmatte.models.segtrimap.data import SegTrimapAugment, SegTrimapFields
 from jaxmatte.models.segtrimap.modeling import logits_at
 from jaxmatte.registry import System, register_system
+from jaxmatte.train.config import merge_overrides
 from jaxmatte.train.warm_start import fill_part, load_directory
 
 logger = logging.getLogger(__name__)
@@ -81,10 +82,7 @@ def example(config: Any, policy: Any) -> SegTrimapFields:
 
 
 def augment(config: Any) -> SegTrimapAugment:
-    section = config.augmentation
-    values = {f.name: section[f.name] for f in dataclasses.fields(SegTrimapAugment) if section.get(f.name) is not None}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return SegTrimapAugment(**values)
+    return merge_overrides(SegTrimapAugment(), config.augmentation)
 
 
 def warm_start(model: nnx.Module, config: Any) -> None:
