@@ -46,6 +46,7 @@ def get_config(arg=None):
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
     stage = variant.rpartition("_")[2]
     config = dim_config()
+    config.name = "dim_prune"  # run directories: runs/dim_prune-<variant>
     config.variant = variant
     if stage == "prune":
         prune_settings(config)

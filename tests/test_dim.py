@@ -322,3 +322,23 @@ def test_trimap_model_chain_feeds_dim(tmp_path, pictures):
         np.testing.assert_array_equal(alphas[0], alpha)
         np.testing.assert_array_equal(np.array([0, 128, 255], np.uint8)[classes[0]], trimap)
     assert predict.main([*base, "--trimap-model", str(dim), "--mask-dir", str(masks), "--output", str(chained)]) == 2
+
+
+def test_pruning_cfg_on_hand_built_scales():
+    """Spec §6.3 by hand: 2111 encoder channels at 0.9 and one at 0.5 among 0.1s put the encoder threshold (the value
+    at index int(4224 * 0.5) = 2112 of the sorted |gamma|) at 0.5, which a strict > does not keep; the decoder the same
+    at index 480 of 961. Then the unpooling ties raise d1c2/d2c2/d3c3/d4c3 and up2/up3/up4/up5 to their maxima."""
+    from jaxmatte.models.dim.modeling import UNIT_NAMES
+
+    kept = [30, 20, 60, 50, 120, 100, 90, 250, 200, 150, 300, 341, 400, 200, 150, 80, 49, 1]
+    scales = {}
+    for index, (name, width, k) in enumerate(zip(UNIT_NAMES, TEACHER_CFG, kept, strict=True)):
+        values = np.full(width, 0.1, np.float32)
+        values[:k] = -0.9 if index % 2 else 0.9  # magnitudes count, not signs
+        if index in (0, 13):
+            values[k] = 0.5
+        scales[name] = values
+    result = prune_widths(scales, 0.5)
+    assert result.thresholds == (pytest.approx(0.5), pytest.approx(0.5))
+    assert list(result.kept) == kept
+    assert list(result.widths) == [30, 49, 60, 80, 120, 100, 150, 250, 200, 200, 300, 341, 400, 200, 150, 80, 49, 1]
