@@ -6,6 +6,10 @@ Models are built abstractly (`nnx.eval_shape`), so nothing is allocated before t
 from __future__ import annotations
 
 import json
+import logging
+import re
+import sys
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -116,6 +120,25 @@ def is_model_dir(directory: str | Path) -> bool:
     return (directory / CONFIG_FILE).is_file() and (directory / PARAMS_DIR).is_dir()
 
 
+def model_dir_problem(directory: str | Path) -> str | None:
+    """What keeps `directory` from being a saved model, as one line naming the missing part; None when it is one."""
+    directory = Path(directory)
+    config, params = directory / CONFIG_FILE, directory / PARAMS_DIR
+    if not directory.is_dir():
+        return f"{directory}: no such directory"
+    if not config.is_file() and not params.is_dir():
+        return f"{directory}: no {CONFIG_FILE} and no {PARAMS_DIR}/; expected a directory written by `port/convert.py`"
+    if not config.is_file():
+        return f"{config}: missing ({PARAMS_DIR}/ is there); the save or copy did not finish"
+    if not params.is_dir():
+        return f"{params}: missing ({CONFIG_FILE} is there, the parameters are not); the save or copy did not finish"
+    return None
+
+
+class ModelDirError(ValueError):
+    """A converted / saved model directory that cannot be read (damaged config.json or Orbax parameters)."""
+
+
 def read_config(directory: str | Path) -> tuple[str, Any, dict[str, Any]]:
     """(family, config, info) of a converted directory."""
     path = Path(directory) / CONFIG_FILE
@@ -123,11 +146,21 @@ def read_config(directory: str | Path) -> tuple[str, Any, dict[str, Any]]:
         raise FileNotFoundError(f"{path}: not found; expected a directory written by `port/convert.py`")
     try:
         meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ModelDirError(f"{path}: not readable JSON ({' '.join(str(err).split())[:200]})") from err
+    shaped = isinstance(meta, dict) and isinstance(meta.get("family"), str) and isinstance(meta.get("config"), dict)
+    if not shaped:
+        raise ModelDirError(f"{path}: not a jaxmatte model config (needs a 'family' name and a 'config' object)")
+    try:
         config_cls, _ = registry.family(meta["family"])
         config = registry.config_from_dict(config_cls, meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: not a valid jaxmatte config ({err})") from err
-    return meta["family"], config, meta.get("info", {})
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        detail = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise ModelDirError(f"{path}: not a valid jaxmatte config ({detail})") from err
+    info = meta.get("info", {})
+    if not isinstance(info, dict):
+        raise ModelDirError(f"{path}: 'info' is a {type(info).__name__}, not an object")
+    return meta["family"], config, info
 
 
 def load_pretrained(directory: str | Path, *, dtype: Any = jnp.float32) -> nnx.Module:
@@ -135,15 +168,74 @@ def load_pretrained(directory: str | Path, *, dtype: Any = jnp.float32) -> nnx.M
 
     `dtype` is the compute dtype (e.g. `jnp.bfloat16`); parameters stay float32.
     """
-    import orbax.checkpoint as ocp
-
     directory = Path(directory).absolute()
     family, config, _ = read_config(directory)
+    if not (directory / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(model_dir_problem(directory))
     abstract = abstract_model(family, config, dtype=dtype)
     target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in stored_shapes(abstract).items()}
-    with ocp.StandardCheckpointer() as checkpointer:
-        values = checkpointer.restore(directory / PARAMS_DIR, nest(target))
+    values = restore_params(directory / PARAMS_DIR, nest(target))
     return fill(abstract, flatten(values))
+
+
+def restore_params(path: Path, target: Any) -> Any:
+    """Orbax restore of `path` into `target`; a damaged checkpoint gives one `ModelDirError` line naming `path`."""
+    import orbax.checkpoint as ocp
+
+    quiet_failed_restore_noise()
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(path, target)
+    except Exception as err:  # noqa: BLE001 - tensorstore / JSON / metadata failures alike
+        raise ModelDirError(f"{path}: damaged or incomplete Orbax checkpoint ({orbax_problem(err)})") from err
+
+
+def orbax_problem(err: BaseException) -> str:
+    """The first line of an Orbax / tensorstore error, without tensorstore's JSON spec."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return text.split(" [tensorstore_spec=")[0][:400]
+
+
+def quiet_failed_restore_noise() -> None:
+    """Silence the after-effects of a failed Orbax restore (installed once, for the process).
+
+    Orbax runs each restore in a fresh asyncio loop and closes it as soon as one read fails, while the other
+    tensorstore reads are still running. Two kinds of noise follow, each a traceback per pending read: (1) the reads
+    that finish later call `loop.call_soon_threadsafe` on the closed loop from tensorstore's threads, and the
+    RuntimeError "Event loop is closed" goes to `sys.unraisablehook`; (2) the reads that fail too leave tasks whose
+    exception nobody retrieves, which asyncio's exception handler logs ("Task/Future exception was never retrieved")
+    when they are collected. Only these are dropped: other unraisable errors go to the previous hook, other asyncio
+    records are logged as before."""
+    if getattr(sys.unraisablehook, "_jaxmatte_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _closed_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
+            previous(unraisable)
+
+    hook._jaxmatte_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_orphaned_read_filter)
+
+
+def _closed_loop_callback(error: BaseException | None, tb: Any) -> bool:
+    if not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+        return False
+    frames = traceback.extract_tb(tb) if tb is not None else []
+    return any(frame.name == "call_soon_threadsafe" for frame in frames)
+
+
+_STATUS_ERROR = re.compile(r"[A-Z_]+: ")  # tensorstore errors start with an absl status code
+
+
+def _orphaned_read_filter(record: logging.LogRecord) -> bool:
+    """False for a never-retrieved tensorstore error (a read left behind by a failed restore)."""
+    message = str(record.msg)
+    if not message.startswith(("Task exception was never retrieved", "Future exception was never retrieved")):
+        return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, ValueError) and _STATUS_ERROR.match(str(error)))
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,3 +260,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+# Every Orbax restore in a process that uses jaxmatte (run resume included) gets the quiet hooks.
+quiet_failed_restore_noise()

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,19 +41,54 @@ def converters() -> dict[str, Converter]:
     return found
 
 
-def timm_resized_checkpoint(src: Path, model_name: str, img_size: list[int] | None, window_size: int | None) -> Any:
-    """Let timm resample position embeddings / relative-position tables while loading `src` for new sizes."""
-    import timm
+def timm_resized_checkpoint(
+    src: Path, model_name: str, img_size: list[int] | None, window_size: int | None, *, allow: tuple[str, ...] = ()
+) -> Any:
+    """Let timm resample position embeddings / relative-position tables while loading `src` for new sizes.
 
+    `src` is read here (weights-only); timm gets the tensors, never the file."""
+    import timm
+    import torch
+
+    state_dict = load.unwrap_state_dict(load.read_checkpoint(src, allow=allow), source=str(src))
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
     overrides: dict[str, Any] = {}
     if img_size:
         overrides["img_size"] = tuple(img_size) if len(img_size) == 2 else img_size[0]
     if window_size:
         overrides["window_size"] = window_size
-    model = timm.create_model(
-        model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(src)}, **overrides
-    )
+    overlay = {"state_dict": tensors, "file": None, "url": None, "hf_hub_id": None, "source": None}
+    model = timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay, **overrides)
     return {k: load._tensor_to_numpy(v) for k, v in model.state_dict().items()}
+
+
+def non_finite(values: dict[str, np.ndarray]) -> dict[str, int]:
+    """Name -> count of NaN/Inf entries, for the floating arrays that have any."""
+    counts = {}
+    for name, value in values.items():
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.floating):
+            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+            if bad:
+                counts[name] = bad
+    return counts
+
+
+def check_finite(converted: Converted, source: str, shown: int = 5) -> dict[str, Any] | None:
+    """Warn on stderr when the converted parameters hold NaN/Inf; returns the record for `info` (None if clean)."""
+    from jaxmatte.pretrained import stored_values
+
+    counts = non_finite(stored_values(converted.model))
+    if not counts:
+        return None
+    total, names = sum(counts.values()), sorted(counts)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    print(
+        f"warning: {source or 'the source'}: {total} non-finite values (NaN/Inf) in {len(names)} parameters: "
+        f"{', '.join(names[:shown])}{more}",
+        file=sys.stderr,
+    )
+    return {"values": total, "parameters": len(names), "first": names[:shown]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +116,11 @@ def run(argv: list[str] | None = None) -> Converted:
     img_size = getattr(args, "img_size", None) if converter.timm_resizing else None
     window_size = getattr(args, "window_size", None) if converter.timm_resizing else None
     if timm_model:
-        checkpoint = timm_resized_checkpoint(args.src, timm_model, img_size, window_size)
+        if args.src is None:
+            raise SystemExit("--timm-model needs --src")
+        checkpoint = timm_resized_checkpoint(
+            args.src, timm_model, img_size, window_size, allow=converter.allowed_classes
+        )
     elif img_size or window_size:
         raise SystemExit("--img-size/--window-size need --timm-model (timm does the resampling)")
     elif args.src is None or converter.reads_src:
@@ -91,6 +132,9 @@ def run(argv: list[str] | None = None) -> Converted:
     from jaxmatte import save_pretrained
 
     info = {"kind": args.kind, **({"source": args.src.name} if args.src else {}), **converted.info}
+    unusual = check_finite(converted, source)
+    if unusual:
+        info["non_finite"] = unusual
     save_pretrained(converted.model, converted.config, args.out, info=info)
     print(f"wrote {args.out} ({type(converted.model).__name__}, {converted.config})")
     return converted
@@ -101,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run(argv)
-    except (PortError, load.CheckpointError) as err:
+    except (PortError, load.CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

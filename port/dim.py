@@ -88,6 +88,8 @@ def read_source(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(state dict, notes) of a pickled-model checkpoint or a plain state dict, never running pickled code."""
     from port import load, pickled
 
+    if path.suffix == ".safetensors":
+        return load.unwrap_state_dict(load.read_checkpoint(path), source=str(path)), {"container": "safetensors"}
     try:
         checkpoint = pickled.read_module_checkpoint(path)
     except load.CheckpointError as refused:

@@ -6,6 +6,9 @@ fp16/bf16 tensors are upcast to float32.
 
 from __future__ import annotations
 
+import re
+import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,17 +32,48 @@ def read_checkpoint(path: str | Path, *, allow: Iterable[str] = ()) -> Any:
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    import torch
-
+    with open(path, "rb") as f:
+        lead = f.read(4)
+    if not lead:
+        raise CheckpointError(f"{path}: empty file")
+    if lead == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: truncated or damaged (the zip container has no central directory)")
+    torch = _import_torch(path)
     extra = [_torch_class(name) for name in allow]
     try:
-        with torch.serialization.safe_globals(_numpy_data_globals() + extra):
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_data_globals() + extra):
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear message
-        raise CheckpointError(
-            f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(err).__name__}: {err})"
-        ) from err
+        raise CheckpointError(f"{path}: {_torch_load_problem(err)}") from err
     return _to_numpy(obj)
+
+
+def _import_torch(path: Path) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading PyTorch files needs torch (pip install 'jaxmatte[port]'), or use a .safetensors file"
+        ) from None
+    return torch
+
+
+def _torch_load_problem(err: Exception) -> str:
+    """One line for a failed weights-only load; torch's own text spans paragraphs and suggests weights_only=False."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (
+            f"refused: the file pickles {refused.group(1)}, which weights-only reading does not rebuild "
+            "(loading it the unsafe way would let the file run code)"
+        )
+    if "WeightsUnpickler error" in text:
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        return f"refused by the weights-only reader ({detail or 'unsupported pickle content'})"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first.split(". This is an internal miniz error")[0]
+    return f"cannot be read as a weights-only PyTorch checkpoint ({type(err).__name__}: {first[:300]})"
 
 
 def _torch_class(name: str) -> type:
@@ -65,13 +99,17 @@ def _numpy_data_globals() -> list[Any]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
+    _import_torch(path)
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise CheckpointError(f"{path}: reading it needs safetensors (pip install 'jaxmatte[port]')") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: _tensor_to_numpy(f.get_tensor(k)) for k in f.keys()}  # noqa: SIM118
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or damaged ({detail})") from err
 
 
 def _tensor_to_numpy(t: Any) -> np.ndarray:

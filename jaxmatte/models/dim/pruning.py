@@ -95,9 +95,9 @@ def load_cfg(path: str | Path) -> tuple[int, ...]:
         data = json.loads(path.read_text())
         cfg = data["cfg"] if isinstance(data, dict) else data
     else:
-        from port.load import read_checkpoint
+        from port.pickled import read_pickled  # pure Python, no torch needed
 
-        data = read_checkpoint(path)
+        data = read_pickled(path)
         if not isinstance(data, dict) or "cfg" not in data:
             raise ValueError(f"{path}: expected a {{'cfg': [18 ints]}} record")
         cfg = data["cfg"]
