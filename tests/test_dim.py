@@ -342,3 +342,29 @@ def test_pruning_cfg_on_hand_built_scales():
     assert result.thresholds == (pytest.approx(0.5), pytest.approx(0.5))
     assert list(result.kept) == kept
     assert list(result.widths) == [30, 49, 60, 80, 120, 100, 150, 250, 200, 200, 300, 341, 400, 200, 150, 80, 49, 1]
+
+
+REALDATA = REPO.parent / "shared" / "realdata" / "alphamatting_training_lowres"
+
+
+@pytest.mark.skipif(not (REALDATA / "image").is_dir(), reason="../shared/realdata not present")
+def test_predict_cli_reproduces_the_original_alpha_on_real_images(tmp_path):
+    """Three alphamatting.com photos with their trimap1, through the real converter and predict.py."""
+    images, trimaps = tmp_path / "images", tmp_path / "trimaps"
+    images.mkdir()
+    trimaps.mkdir()
+    for stem in ("GT01", "GT14", "GT27"):
+        (images / f"{stem}.png").symlink_to(REALDATA / "image" / f"{stem}.png")
+        (trimaps / f"{stem}.png").symlink_to(REALDATA / "trimap1" / f"{stem}.png")
+    model = perturb_(DIMModel_student(SMALL_CFG), seed=9).eval()
+    directory = converted(tmp_path, model, "ckpt", legacy=True)
+    out = tmp_path / "out"
+    args = [str(images), "--checkpoint", str(directory), "--trimap-dir", str(trimaps), "--output", str(out)]
+    assert _load_script("predict").main(args) == 0
+    for path in sorted(images.iterdir()):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        trimap = read_mask(trimaps / path.name)
+        expected = np.floor(torch_alpha(model, image, trimap) * 255.0 + 0.5)
+        written = read_mask(out / path.name).astype(np.float64)
+        assert written.shape == image.shape[:2]
+        assert np.mean(np.abs(written - expected) <= 1) >= 0.995, path.name

@@ -310,3 +310,30 @@ def test_system_is_registered():
     assert system.output == "trimap" and system.inputs == ("image", "input_mask")
     assert system.validation == "trimap" and system.best_metric == "mIoU"
     assert port_segtrimap.KIND in system.converters
+
+
+REALDATA = REPO.parent / "shared" / "realdata" / "alphamatting_training_lowres"
+
+
+@pytest.mark.skipif(not (REALDATA / "image").is_dir(), reason="../shared/realdata not present")
+@pytest.mark.parametrize("variant", [1, 2])
+def test_predict_cli_reproduces_the_original_trimap_on_real_images(tmp_path, variant):
+    """Three alphamatting.com photos with object masks from their GT alpha (>= 30), both variants, x4."""
+    images = tmp_path / "images"
+    images.mkdir()
+    stems = ("GT02", "GT13", "GT26")
+    for stem in stems:
+        (images / f"{stem}.png").symlink_to(REALDATA / "image" / f"{stem}.png")
+    model = reference(variant, "x4", seed=40 + variant)
+    scale = "1/255" if variant == 1 else "1"
+    directory = converted(tmp_path, model, scale, "ckpt")
+    out = tmp_path / "out"
+    args = [str(images), "--checkpoint", str(directory), "--mask-dir", str(REALDATA / "alpha"), "--output", str(out)]
+    assert _load_script("predict").main(args) == 0
+    for stem in stems:
+        image = np.asarray(Image.open(images / f"{stem}.png").convert("RGB"))
+        mask01 = (read_mask(REALDATA / "alpha" / f"{stem}.png") >= 30).astype(np.uint8)
+        expected, _ = reference_trimap(model, image, mask01, mask_scale=1 / 255 if variant == 1 else 1.0, size=112)
+        written = read_mask(out / f"{stem}.png")
+        assert written.shape == image.shape[:2]
+        assert np.mean(trimap_labels(written) == expected) >= 0.995, stem
