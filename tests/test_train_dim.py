@@ -19,7 +19,7 @@ from jaxmatte import save_pretrained
 from jaxmatte.data.composition import write_synthetic_composition
 from jaxmatte.models.dim import DIM, DIMConfig
 from jaxmatte.models.dim.pruning import CFG_FILE, load_cfg
-from jaxmatte.models.dim.system import sparsity_transform
+from jaxmatte.models.dim.system import size_report, sparsity_transform
 from jaxmatte.train import apply_override, load_config
 from jaxmatte.train.loop import Trainer
 
@@ -114,7 +114,9 @@ def test_prune_stage_trains_sparse_and_writes_the_cfg(prune_run, teacher_dir):
     record = json.loads((workdir / CFG_FILE).read_text())
     cfg = load_cfg(workdir)
     assert list(cfg) == record["cfg"] and all(1 <= c <= w for c, w in zip(cfg, WIDTHS, strict=True))
-    assert record["pruned_student"]["params"] < record["teacher"]["params"] or cfg == WIDTHS
+    assert record["teacher"] == record["full_student"] == size_report(WIDTHS)
+    student = size_report(cfg, projections=tuple(WIDTHS[i] for i in (3, 6, 9, 12)))
+    assert record["pruned_student"] == student
     exported = json.loads((workdir / "last" / "config.json").read_text())
     assert exported["family"] == "dim" and exported["config"]["teacher"] is None
 

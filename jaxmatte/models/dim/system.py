@@ -214,13 +214,23 @@ def export(model: nnx.Module, arch: DIMConfig) -> tuple[nnx.Module, DIMConfig]:
     return model, arch
 
 
-def size_report(widths: tuple[int, ...], model: nnx.Module | None = None, size: int = 320) -> dict[str, Any]:
-    """Parameters (of `model` when given, else of a network at `widths`) and conv MACs at 224 and `size`."""
+def size_report(
+    widths: tuple[int, ...],
+    model: nnx.Module | None = None,
+    size: int = 320,
+    *,
+    projections: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """Parameters (of `model` when given, else of a network at `widths`, a student with `feature2..5` to
+    `projections` when given) and conv MACs at 224 and `size`."""
     if model is None:
         from jaxmatte.models.dim.modeling import DIM, DIMStudent, DIMStudentConfig
 
-        cls, config_cls = (DIMStudent, DIMStudentConfig) if tuple(widths) != TEACHER_WIDTHS else (DIM, DIMConfig)
-        model = nnx.eval_shape(lambda: cls(config_cls(widths=tuple(widths)), rngs=nnx.Rngs(0)))
+        if projections is None:
+            model = nnx.eval_shape(lambda: DIM(DIMConfig(widths=tuple(widths)), rngs=nnx.Rngs(0)))
+        else:
+            config = DIMStudentConfig(widths=tuple(widths), projection_widths=tuple(projections))
+            model = nnx.eval_shape(lambda: DIMStudent(config, rngs=nnx.Rngs(0)))
     params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
     return {
         "params": params,
@@ -239,9 +249,11 @@ def finish(trainer: Any) -> None:
     model = merged_model(trainer.graphdef, jax.device_get(trainer.state))
     scales = {name: np.asarray(value) for name, value in bn_scales(model).items()}
     result = pruning.prune_widths(scales, float(config.sparsity.prune_rate))
-    teacher = size_report(TEACHER_WIDTHS)
-    student = size_report(result.widths)
-    report = {"teacher": teacher, "pruned_student": student}
+    arch = trainer.model_config
+    teacher_arch = arch.teacher if arch.teacher is not None else DIMConfig(widths=TEACHER_WIDTHS)
+    teacher = size_report(tuple(teacher_arch.widths))
+    student = size_report(result.widths, projections=teacher_arch.feature_widths())
+    report = {"teacher": teacher, "full_student": size_report(tuple(arch.widths)), "pruned_student": student}
     path = pruning.save_cfg(result, trainer.workdir, report)
     logger.info(
         "pruned cfg %s -> %s: %.2fM -> %.2fM parameters, %.2fG -> %.2fG MACs at 224",
