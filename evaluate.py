@@ -3,10 +3,17 @@
     python evaluate.py --pred-dir P --gt-dir G [--trimap-dir T] [--image-dir I] [--json out.json] [--out-dir D]
 
 Files are matched by stem; predictions of another size are resized to the GT size (bilinear). Missing, unmatched and
-unreadable files are listed, not fatal. Prints a table (maxFm, wFmeasure, MAE, Smeasure, meanEm, HCE, maxEm, meanFm,
-adpEm, adpFm, then SAD, MSE, Grad, Conn when trimaps are given or the GT is soft). `--json` writes (or adds to) one
-object per dataset; a per-image CSV and a PNG grid of the worst images go next to it (or into `--out-dir`).
-Exit status: 0 when at least one image was evaluated, 2 otherwise or on bad arguments.
+unreadable files (and files above `--max-pixels`, default `$JAXMATTE_MAX_PIXELS` or 100 Mpx, refused from their
+header) are listed, one line each, and skipped, never fatal; the run ends with `evaluated N images in NAME; skipped
+K: ...`. Prints a table (maxFm, wFmeasure, MAE, Smeasure, meanEm, HCE, maxEm, meanFm, adpEm, adpFm, then SAD, MSE,
+Grad, Conn when trimaps are given or the GT is soft). `--json` writes (or adds to) one object per dataset; a
+per-image CSV and a PNG grid of the worst images go next to it (or into `--out-dir`). Every output path (`--out-dir`,
+`--json`, `--csv`, `--worst-png`, `--save-preds`) is checked before any work.
+
+Exit status: 0 every image was evaluated and no file was skipped or unmatched; 1 some files were skipped or
+unmatched (each listed) but images were evaluated; 2 no image was evaluated (in some dataset, in model mode), or a
+usage error (bad options, a missing input folder, an output path that is a file of the wrong kind or cannot be
+written), found before the work.
 
 Model mode: run a saved model over test sets (DIS `ROOT/im` + `ROOT/gt`, or a matting layout such as `rgb_images/`
 + `alpha_maps/`) and score it at the GT's resolution:
@@ -20,7 +27,7 @@ Model mode: run a saved model over test sets (DIS `ROOT/im` + `ROOT/gt`, or a ma
 the `--config` file's `config.data` (`policy`, `size`), else what the checkpoint records. One JSON object
 per dataset (named after ROOT), with a "prediction" entry naming checkpoint, geometry, quantisation and precision.
 `--save-preds P` writes `P/<dataset>/<stem>.png`. `--trimap-dir T`: trimaps by stem, matting metrics over the unknown
-region. Exit status 0 when every dataset had an evaluated image.
+region.
 
 Trimap-input systems (DIM teacher / pruned students): each image's trimap comes from `--trimap-dir`, else from the
 root's `trimaps/` or `trimap/` (an image without one is skipped; a root with neither is an error, exit 2). The
@@ -49,7 +56,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxmatte.cli import add_predictor_arguments, make_predictor, non_negative_int, positive_int
+from jaxmatte.cli import (
+    add_max_pixels_argument,
+    add_predictor_arguments,
+    apply_max_pixels,
+    count_kinds,
+    exit_status,
+    make_predictor,
+    non_negative_int,
+    output_problem,
+    positive_int,
+)
 from jaxmatte.data.trimaps import DEFAULT_UNKNOWN_BAND
 from jaxmatte.evaluation import (
     HCE_BINARIZE_RULES,
@@ -77,13 +94,25 @@ from jaxmatte.trimap_evaluation import (
     write_trimap_json,
 )
 
-SHOWN_PROBLEMS = 50
+EXAMPLES = """examples:
+  python evaluate.py --pred-dir preds/DIS-TE1 --gt-dir DIS5K/DIS-TE1/gt --image-dir DIS5K/DIS-TE1/im --out-dir eval/TE1
+  python evaluate.py --pred-dir preds/comp1k --gt-dir Composition-1k/alpha --trimap-dir Composition-1k/trimaps \\
+      --json out.json
+  python evaluate.py --checkpoint runs/tsr --data DIS5K/DIS-TE1 --data DIS5K/DIS-TE2 --out-dir eval/tsr \\
+      --save-preds eval/tsr/preds --batch-size 4
+  python evaluate.py --pred-dir trimaps/ --trimap-dir gt_trimaps/ --metrics trimap --json trimaps.json
+
+exit status: 0 all evaluated; 1 some files skipped or unmatched (each listed), images evaluated; 2 no image
+evaluated, or a usage error (before the work)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate saved predictions against ground truth (files matched by stem), or run a saved model "
-        "over DIS-layout test sets (--checkpoint, --data)."
+        "over DIS-layout test sets (--checkpoint, --data).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--pred-dir", type=Path, help="folder of predicted masks / alpha mattes")
     parser.add_argument("--gt-dir", type=Path, help="folder of ground-truth masks / alpha mattes")
@@ -131,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "MSE, Grad, Conn, DIS metrics only for binary GT), trimap (trimap IoUs vs GT trimaps); model mode defaults "
         "to the system's own set",
     )
+    add_max_pixels_argument(parser)
     model = parser.add_argument_group("model mode (instead of --pred-dir / --gt-dir)")
     model.add_argument("--checkpoint", type=Path, help="converted directory or training workdir (best/, else last/)")
     model.add_argument(
@@ -165,19 +195,75 @@ def output_paths(args: argparse.Namespace, name: str) -> tuple[Path | None, Path
     return json_path, csv_path, png_path if args.worst > 0 else None
 
 
+def problem_kind(reason: str) -> str:
+    """A short class of a skip reason, for the summary line."""
+    text = reason.lower()
+    for fragment, kind in (
+        ("pixel limit", "too large"),
+        ("cannot write", "output blocked"),
+        ("duplicate", "duplicate stem"),
+        ("no prediction", "no prediction"),
+        ("no ground truth", "no ground truth"),
+        ("without ground truth", "no ground truth"),
+        ("without an image", "no image"),
+        ("no trimap", "no trimap"),
+        ("without a trimap", "no trimap"),
+        ("without an input mask", "no mask"),
+        ("differ", "size mismatch"),
+        ("below", "too small"),
+    ):
+        if fragment in text:
+            return kind
+    return "unreadable"
+
+
 def print_problems(problems: Sequence[Problem]) -> None:
+    """One line per skipped or unmatched file."""
     if not problems:
         return
     print(f"\nskipped or unmatched files ({len(problems)}):")
-    for problem in problems[:SHOWN_PROBLEMS]:
+    for problem in problems:
         print(f"  {problem.name}: {problem.reason}")
-    if len(problems) > SHOWN_PROBLEMS:
-        print(f"  ... and {len(problems) - SHOWN_PROBLEMS} more (all are in the JSON)")
+
+
+def print_summary(name: str, images: int, problems: Sequence[Problem]) -> int:
+    """The closing line of one dataset; returns its exit status."""
+    line = f"evaluated {images} images in {name}"
+    if problems:
+        line += f"; skipped {len(problems)}: {count_kinds([problem_kind(problem.reason) for problem in problems])}"
+    print(line)
+    return exit_status(images, len(problems))
+
+
+def check_outputs(args: argparse.Namespace, names: Sequence[str]) -> str | None:
+    """The first output path that cannot be written (see `output_problem`), or None; nothing is created."""
+    checks: list[tuple[Path | None, str, bool]] = [
+        (args.out_dir, "--out-dir", True),
+        (args.json, "--json", False),
+        (args.csv, "--csv", False),
+        (args.worst_png, "--worst-png", False),
+        (args.save_preds, "--save-preds", True),
+    ]
+    for name in names:
+        json_path, csv_path, png_path = output_paths(args, name)
+        checks += [(path, "output file", False) for path in (json_path, csv_path, png_path)]
+        if args.save_preds is not None:
+            checks.append((args.save_preds / name, "--save-preds", True))
+    for path, option, folder in checks:
+        problem = output_problem(path, option, folder=folder) if path is not None else None
+        if problem:
+            return problem
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        apply_max_pixels(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.checkpoint is not None or args.data:
         given = [flag for flag in ("pred_dir", "gt_dir", "image_dir") if getattr(args, flag) is not None]
         if given:
@@ -202,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     name = args.name or default_dataset_name(args.gt_dir)
     json_path, csv_path, png_path = output_paths(args, name)
+    problem = check_outputs(args, [name])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if json_path is not None and json_path.exists():
         try:
             read_json_object(json_path)  # fail before the work, not after it
@@ -223,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table([report]))
     print_problems(report.skipped)
     if report.images == 0:
+        print_summary(name, 0, report.skipped)
         print(f"error: no image was evaluated ({len(pairs)} pairs found)", file=sys.stderr)
         return 2
     written = []
@@ -235,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         written.append(write_worst_grid(png_path, items))
     for path in written:
         print(f"wrote {path}")
-    return 0
+    return print_summary(name, report.images, report.skipped)
 
 
 def run_trimap_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -251,6 +342,10 @@ def run_trimap_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     generic = folder.name.lower() in ("trimap", "trimaps") and folder.parent.name
     name = args.name or (folder.parent.name if generic else default_dataset_name(gt_dir))
     json_path, csv_path, _ = output_paths(args, name)
+    problem = check_outputs(args, [name])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if json_path is not None and json_path.exists():
         try:
             read_json_object(json_path)  # fail before the work, not after it
@@ -264,11 +359,12 @@ def run_trimap_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def finish_trimap_report(
     report: TrimapReport, json_path: Path | None, csv_path: Path | None, extra: dict[str, Any] | None = None
 ) -> int:
-    """Print and write one trimap report; 0 when it evaluated an image, else 2."""
+    """Print and write one trimap report; its exit status (`print_summary`)."""
     print(format_trimap_table([report]))
     print(f"GT labels: {report.gt_labels}")
     print_problems(report.problems)
     if report.images == 0:
+        print_summary(report.name, 0, report.problems)
         print(f"error: no image was evaluated in {report.name}", file=sys.stderr)
         return 2
     written = []
@@ -278,7 +374,7 @@ def finish_trimap_report(
         written.append(write_trimap_csv(csv_path, report))
     for path in written:
         print(f"wrote {path}")
-    return 0
+    return print_summary(report.name, report.images, report.problems)
 
 
 # -------------------------------------------------------------------------------------------------------- model mode
@@ -321,6 +417,10 @@ def run_model_mode(args: argparse.Namespace) -> int:
         print("error: --csv / --worst-png name one file; with several --data use --out-dir or --json", file=sys.stderr)
         return 2
     json_path = args.json or (args.out_dir / "metrics.json" if args.out_dir else None)
+    problem = check_outputs(args, names)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         if json_path is not None and json_path.exists():
             read_json_object(json_path)  # fail before the work, not after it
@@ -348,7 +448,7 @@ def run_model_mode(args: argparse.Namespace) -> int:
     if predictor.needs_trimap:
         print(f"trimaps: {args.trimap_dir} by stem" if args.trimap_dir else "trimaps: each root's trimaps/ or trimap/")
 
-    reports = []
+    reports, status = [], 0
     for root, name in zip(args.data, names, strict=True):
         try:
             report, worst = evaluate_folder(
@@ -380,13 +480,13 @@ def run_model_mode(args: argparse.Namespace) -> int:
             written.append(write_worst_grid(png_path, worst))
         for path in written:
             print(f"wrote {path}")
+        status = max(status, print_summary(name, report.images, report.skipped))
     if len(reports) > 1:
         print(format_table(reports))
     empty = [report.name for report in reports if report.images == 0]
     if empty:
         print(f"error: no image was evaluated in {', '.join(empty)}", file=sys.stderr)
-        return 2
-    return 0
+    return status
 
 
 def run_trimap_model_mode(

@@ -21,7 +21,18 @@ Trimap-based matting models (DIM and its pruned students) read each image's trim
 same way; 0 background, 128 unknown, 255 foreground), run on the whole image at its own resolution and force the
 known regions; or, with `--trimap-model`, get the trimap from a SegTrimap model and the images' `--mask-dir` masks
 (the trimaps are also written to `--save-trimaps`).
-Unreadable files are reported and skipped. Exit status: 0 when at least one image was written, 2 otherwise.
+
+Bad inputs never end the run: every image that is not written gets one line on stderr, `skipped FILE: PROBLEM`
+(unreadable or truncated data, above the pixel limit, a broken symbolic link, no mask / trimap, an output file that
+cannot be written, an output name already written from another input: among files that share an output name, the
+first readable one in sorted order is written and the others are reported as name clashes), and the run ends with
+`wrote N of M images to OUT; skipped K: ...` on stdout. Images above `--max-pixels` (default `$JAXMATTE_MAX_PIXELS`
+or 100 Mpx) are refused from their header, before decoding. Images are read one batch ahead of the model, so memory
+holds at most two batches of decoded images.
+
+Exit status: 0 every image was written; 1 some were skipped (at least one was written); 2 nothing was written, or a
+usage error found before the model loads (bad options, an input that names no file, folder or glob match, a folder
+without images, an `--output` / `--save-trimaps` that is a file or cannot be created or written).
 """
 
 from __future__ import annotations
@@ -35,13 +46,29 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from jaxmatte.cli import add_predictor_arguments, make_predictor
-from jaxmatte.data.io import IMAGE_SUFFIXES, ImageReadError, list_images, write_png
+from jaxmatte.cli import (
+    add_max_pixels_argument,
+    add_predictor_arguments,
+    apply_max_pixels,
+    count_kinds,
+    exit_status,
+    make_predictor,
+    output_problem,
+)
+from jaxmatte.data.io import IMAGE_SUFFIXES, ImageReadError, list_images, scan_images, write_png
 
 FORMATS = ("alpha", "rgba", "composite", "trimap", "overlay")
 KIND_FORMATS = {"alpha": ("alpha", "rgba", "composite"), "trimap": ("trimap", "overlay")}
 SUFFIXES = {"alpha": "", "rgba": "_rgba", "composite": "_composite", "trimap": "", "overlay": "_overlay"}
-SHOWN_PROBLEMS = 50
+EXAMPLES = """examples:
+  python predict.py photos/ --checkpoint ckpt/tsr_base --output out/
+  python predict.py "shots/*.jpg" --checkpoint runs/tsr --output out/ --format alpha,rgba,composite
+  python predict.py dataset/ --recursive --checkpoint runs/tsr --output out/ --batch-size 8 --precision bf16
+  python predict.py images/ --checkpoint ckpt/segtrimap --mask-dir masks/ --output trimaps/ --format trimap,overlay
+  python predict.py images/ --checkpoint ckpt/dim_pruned --trimap-dir trimaps/ --output alphas/ --max-pixels 50M
+
+exit status: 0 all images written; 1 some skipped (each named on stderr), at least one written; 2 nothing written
+or a usage error (before the model loads)"""
 
 
 def formats(text: str) -> tuple[str, ...]:
@@ -64,7 +91,12 @@ def colour(text: str) -> tuple[int, int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Predict alpha mattes (or trimaps) with a saved model.")
+    parser = argparse.ArgumentParser(
+        description="Predict alpha mattes (or trimaps) with a saved model.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--checkpoint", type=Path, required=True, help="converted directory or training workdir")
     parser.add_argument("--output", type=Path, required=True, help="output folder")
@@ -88,42 +120,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--recursive", action="store_true", help="also read the subfolders of folder inputs")
     add_predictor_arguments(parser)
+    add_max_pixels_argument(parser)
     return parser
 
 
-def collect_inputs(inputs: Sequence[str], recursive: bool) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """((file, output path without suffix, relative to the output folder) in order, problems).
+def collect_inputs(
+    inputs: Sequence[str], recursive: bool
+) -> tuple[list[tuple[Path, Path]], list[ImageReadError], list[str]]:
+    """((file, output path without suffix, relative to the output folder) in order, files found but unusable (broken
+    links), errors: inputs that name nothing).
 
-    Folder inputs keep their images' relative subfolders; files and glob matches are written flat. A file whose
-    output name is already taken by an earlier input is reported, not predicted.
+    Folder inputs keep their images' relative subfolders; files and glob matches are written flat. The same file
+    named twice is taken once; different files with one output name are all kept (the first readable one is
+    written, see `main`).
     """
     found: list[tuple[Path, Path]] = []
-    problems: list[str] = []
+    unusable: list[ImageReadError] = []
+    errors: list[str] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            files = list_images(path, recursive=recursive)
-            if not files:
-                problems.append(f"{path}: no images in this folder")
+            files, links = scan_images(path, recursive=recursive)
+            if not files and not links:
+                hint = "" if recursive else " (--recursive reads its subfolders)"
+                errors.append(f"{path}: no images in this folder{hint}")
             found.extend((file, file.relative_to(path).with_suffix("")) for file in files)
+            unusable.extend(links)
         elif path.is_file():
             found.append((path, Path(path.stem)))
         else:
             matches = sorted(Path(match) for match in glob.glob(text, recursive=recursive))
-            files = [match for match in matches if match.is_file() and match.suffix.lower() in IMAGE_SUFFIXES]
-            if not files:
-                problems.append(f"{text}: no such file or folder, and no image matches it as a pattern")
+            images = [match for match in matches if match.suffix.lower() in IMAGE_SUFFIXES and not match.is_dir()]
+            files = [match for match in images if match.is_file()]
+            links = [link for link in images if link not in files]
+            unusable.extend(ImageReadError(link, "broken or looping symbolic link", "broken link") for link in links)
+            if not images:
+                errors.append(f"{text}: no such file or folder, and no image matches it as a pattern")
             found.extend((file, Path(file.stem)) for file in files)
     unique: list[tuple[Path, Path]] = []
-    taken: dict[Path, Path] = {}
+    seen: set[Path] = set()
     for file, stem in found:
-        if stem in taken:
-            if taken[stem].resolve() != file.resolve():
-                problems.append(f"{file}: skipped, its output name {stem}.png is already used by {taken[stem]}")
-            continue
-        taken[stem] = file
-        unique.append((file, stem))
-    return unique, problems
+        if file.resolve() not in seen:
+            seen.add(file.resolve())
+            unique.append((file, stem))
+    return unique, unusable, errors
 
 
 def composite(image: np.ndarray, alpha: np.ndarray, background: Sequence[int]) -> np.ndarray:
@@ -134,6 +174,11 @@ def composite(image: np.ndarray, alpha: np.ndarray, background: Sequence[int]) -
     return np.clip(np.floor(blended + 0.5), 0, 255).astype(np.uint8)
 
 
+def output_files(folder: Path, stem: Path, chosen: Sequence[str]) -> list[Path]:
+    """The files `write_outputs` writes for one image."""
+    return [folder / stem.parent / f"{stem.name}{SUFFIXES[name]}.png" for name in chosen]
+
+
 def write_outputs(
     folder: Path, stem: Path, result: np.ndarray, image: np.ndarray, chosen: Sequence[str], background: Sequence[int]
 ) -> list[Path]:
@@ -141,8 +186,7 @@ def write_outputs(
     from jaxmatte import outputs
 
     written = []
-    for name in chosen:
-        target = folder / stem.parent / f"{stem.name}{SUFFIXES[name]}.png"
+    for name, target in zip(chosen, output_files(folder, stem, chosen), strict=True):
         if name == "alpha":
             data = result
         elif name == "rgba":
@@ -159,7 +203,7 @@ def write_outputs(
 
 def match_masks(
     items: Sequence[tuple[Path, Path]], mask_dir: Path, what: str = "mask"
-) -> tuple[list[tuple[Path, Path, Path]], list[str]]:
+) -> tuple[list[tuple[Path, Path, Path]], list[ImageReadError]]:
     """((image, output stem, mask) for the images that have a mask (or trimap: `what`) in `mask_dir`, problems for
     those that do not). A mask is found by the image's relative output path (recursive inputs), else by its stem."""
     masks = list_images(mask_dir, recursive=True)
@@ -171,7 +215,7 @@ def match_masks(
     for file, stem in items:
         mask = by_relative.get(stem) or by_stem.get(file.stem)
         if mask is None:
-            problems.append(f"{file}: skipped, no {what} named {file.stem}.* in {mask_dir}")
+            problems.append(ImageReadError(file, f"no {what} named {file.stem}.* in {mask_dir}", f"no {what}"))
             continue
         matched.append((file, stem, mask))
     return matched, problems
@@ -187,22 +231,54 @@ def check_chain(alpha_predictor, trimap_predictor) -> None:
         )
 
 
+class Skips:
+    """The images that were not written: one `skipped FILE: PROBLEM` line each on stderr, as they happen."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    def add(self, path: Path, problem: str, kind: str) -> None:
+        self.kinds.append(kind)
+        tqdm.write(f"skipped {path}: {problem}", file=sys.stderr)
+
+    def add_error(self, error: ImageReadError, image: Path | None = None, companion: str = "mask") -> None:
+        """An `ImageReadError` of the image, or of its `companion` file (mask, trimap) when `image` differs."""
+        if image is None or error.path == image:
+            self.add(error.path, error.problem, error.kind)
+        else:
+            self.add(image, f"{companion} {error.path}: {error.problem}", f"{error.kind} {companion}")
+
+
+def usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    items, problems = collect_inputs(args.inputs, args.recursive)
+    try:
+        apply_max_pixels(args)
+    except ValueError as exc:
+        return usage_error(str(exc))
+    for option, folder in (("--output", args.output), ("--save-trimaps", args.save_trimaps)):
+        problem = output_problem(folder, option, folder=True) if folder is not None else None
+        if problem:
+            return usage_error(problem)
+    items, unusable, errors = collect_inputs(args.inputs, args.recursive)
+    if errors:
+        for error in errors[:-1]:
+            print(f"error: {error}", file=sys.stderr)
+        return usage_error(errors[-1])
     if not items:
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        print("error: no input images", file=sys.stderr)
-        return 2
+        for link in unusable:
+            print(f"skipped {link.path}: {link.problem}", file=sys.stderr)
+        return usage_error("no readable input images")
 
     for option, folder in (("--mask-dir", args.mask_dir), ("--trimap-dir", args.trimap_dir)):
         if folder is not None and not folder.is_dir():
-            print(f"error: {folder}: {option} folder not found", file=sys.stderr)
-            return 2
+            return usage_error(f"{folder}: {option} folder not found")
     if args.save_trimaps is not None and args.trimap_model is None:
-        print("error: --save-trimaps needs --trimap-model", file=sys.stderr)
-        return 2
+        return usage_error("--save-trimaps needs --trimap-model")
     try:
         predictor = make_predictor(args)  # JAX starts here, after the arguments are checked
         trimap_predictor = None
@@ -210,35 +286,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             trimap_predictor = make_predictor(argparse.Namespace(**{**vars(args), "checkpoint": args.trimap_model}))
             check_chain(predictor, trimap_predictor)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(str(exc))
     allowed = KIND_FORMATS[predictor.output]
     chosen = args.format or allowed[:1]
     wrong = [name for name in chosen if name not in allowed]
     if wrong:
-        print(f"error: a {predictor.output} model writes {', '.join(allowed)}, not {', '.join(wrong)}", file=sys.stderr)
-        return 2
+        return usage_error(f"a {predictor.output} model writes {', '.join(allowed)}, not {', '.join(wrong)}")
     reader = trimap_predictor or predictor
+    total = len(items) + len(unusable)
+    skips = Skips()
     companions = None
+    what = "mask"
+    unmatched: list[ImageReadError] = []
     if reader.companion is not None:
         option, folder, what = (
             ("--mask-dir", args.mask_dir, "mask") if reader.needs_mask else ("--trimap-dir", args.trimap_dir, "trimap")
         )
         if folder is None:
             hint = " (or --trimap-model SEGTRIMAP_DIR with --mask-dir)" if predictor.needs_trimap else ""
-            print(
-                f"error: {predictor.family} predicts from an image and its {what}: give {option}{hint}", file=sys.stderr
-            )
-            return 2
-        matched, missing = match_masks(items, folder, what)
-        problems.extend(missing)
+            return usage_error(f"{predictor.family} predicts from an image and its {what}: give {option}{hint}")
+        matched, unmatched = match_masks(items, folder, what)
         items = [(file, stem) for file, stem, _ in matched]
         companions = [mask for _, _, mask in matched]
-        if not items:
-            for problem in problems[:SHOWN_PROBLEMS]:
-                print(f"error: {problem}", file=sys.stderr)
-            print(f"error: no image has a {what}", file=sys.stderr)
-            return 2
     for option, folder in (("--mask-dir", args.mask_dir), ("--trimap-dir", args.trimap_dir)):
         used = (option == "--mask-dir" and reader.needs_mask) or (option == "--trimap-dir" and reader.needs_trimap)
         if folder is not None and not used:
@@ -248,35 +317,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     chain = f" <- trimaps of {trimap_predictor.directory}" if trimap_predictor is not None else ""
     print(
         f"{predictor.directory} ({predictor.family}){chain}: {pre.policy.kind} {geometry}, {pre.quantization}, "
-        f"{args.precision}, batch {args.batch_size}; {len(items)} images -> {args.output}"
+        f"{args.precision}, batch {args.batch_size}; {total} images -> {args.output}"
     )
+    for error in [*unusable, *unmatched]:
+        skips.add_error(error)
 
-    stems = {file: stem for file, stem in items}
     written = 0
-    files = [file for file, _ in items]
-    if trimap_predictor is None:
-        results = predictor.predict_files(files, with_images=True, masks=companions)
-    else:
-        from jaxmatte.chain import TrimapToAlpha
+    if items:
+        stems = {file: stem for file, stem in items}
+        files = [file for file, _ in items]
+        if trimap_predictor is None:
+            results = predictor.predict_files(files, with_images=True, masks=companions)
+        else:
+            from jaxmatte.chain import TrimapToAlpha
 
-        results = TrimapToAlpha(trimap_predictor, predictor).predict_files(files, masks=companions)
-    for path, result, image, *trimap in tqdm(results, total=len(items), desc="predicting", unit="img", file=sys.stderr):
-        if isinstance(result, ImageReadError):
-            problems.append(f"{result.path}: {result.problem}")
-            continue
-        write_outputs(args.output, stems[path], result, image, chosen, args.background)
-        if trimap and args.save_trimaps is not None:
-            write_outputs(args.save_trimaps, stems[path], trimap[0], image, ("trimap",), args.background)
-        written += 1
+            results = TrimapToAlpha(trimap_predictor, predictor).predict_files(files, masks=companions)
+        owners: dict[Path, Path] = {}  # output file -> the input it was written from
+        bar = tqdm(results, total=len(items), desc="predicting", unit="img", file=sys.stderr, disable=None)
+        for path, result, image, *trimap in bar:  # lazily: one batch of decoded images ahead of the writing
+            if isinstance(result, ImageReadError):
+                skips.add_error(result, path, what)
+                continue
+            targets = output_files(args.output, stems[path], chosen)
+            taken = next((target for target in targets if target in owners), None)
+            if taken is not None:
+                skips.add(path, f"name clash: {taken} is already written from {owners[taken]}", "name clash")
+                continue
+            try:
+                write_outputs(args.output, stems[path], result, image, chosen, args.background)
+                if trimap and args.save_trimaps is not None:
+                    write_outputs(args.save_trimaps, stems[path], trimap[0], image, ("trimap",), args.background)
+            except OSError as exc:
+                where = exc.filename or args.output / stems[path]
+                skips.add(path, f"cannot write {where} ({exc.strerror or exc})", "output blocked")
+                continue
+            owners.update(dict.fromkeys(targets, path))
+            written += 1
 
-    print(f"wrote {written} of {len(items)} images to {args.output}")
-    if problems:
-        print(f"skipped ({len(problems)}):", file=sys.stderr)
-        for problem in problems[:SHOWN_PROBLEMS]:
-            print(f"  {problem}", file=sys.stderr)
-        if len(problems) > SHOWN_PROBLEMS:
-            print(f"  ... and {len(problems) - SHOWN_PROBLEMS} more", file=sys.stderr)
-    return 0 if written else 2
+    summary = f"wrote {written} of {total} images to {args.output}"
+    if skips.kinds:
+        summary += f"; skipped {len(skips.kinds)}: {count_kinds(skips.kinds)}"
+    print(summary)
+    return exit_status(written, len(skips.kinds))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ def get_config(arg=None):
         config.teacher.weight = 0.2
         config.loss.clamp_refined = True
         config.optim.drop_partial_accumulation = True
-        config.optim.skip_nonfinite = True
     if variant == "demo":
         demo_settings(config)
     return config

@@ -19,7 +19,6 @@ def get_config(arg=None):
     config.optim.eta_min = 0.0
     if variant == "faithful":
         config.optim.drop_partial_accumulation = True
-        config.optim.skip_nonfinite = True
     if variant == "demo":
         demo_settings(config)
     return config

@@ -50,7 +50,11 @@ class TrimapToAlpha:
             loaded = []
             for path, mask in zip(paths[start : start + size], masks[start : start + size], strict=True):
                 try:
-                    loaded.append((path, read_image(path), read_mask(mask), None))
+                    image = read_image(path)
+                    small = self.alpha_predictor.size_problem(path, image)  # e.g. DIM's 32 px: reported, not raised
+                    if small is not None:
+                        raise small
+                    loaded.append((path, image, read_mask(mask), None))
                 except ImageReadError as error:
                     loaded.append((path, None, None, error))
             good = [item for item in loaded if item[3] is None]

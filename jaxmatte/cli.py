@@ -1,9 +1,101 @@
-"""Argument helpers shared by the command-line scripts (no JAX import: bad arguments fail fast)."""
+"""Argument helpers shared by the command-line scripts (no JAX import: bad arguments fail fast).
+
+Exit statuses of predict.py and evaluate.py (`EXIT_*`): 0 every image was written / evaluated; 1 some were skipped
+(each named on its own line) but at least one was written / evaluated; 2 nothing was, or the command line was wrong
+(argparse's own errors are 2 as well).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from jaxmatte.data.io import MAX_PIXELS_ENV, parse_max_pixels, set_max_pixels
+
+EXIT_OK, EXIT_SKIPPED, EXIT_FAILED = 0, 1, 2
+
+
+def exit_status(done: int, skipped: int) -> int:
+    """0 when nothing was skipped, 1 when something was but at least one item was done, else 2."""
+    if done == 0:
+        return EXIT_FAILED
+    return EXIT_SKIPPED if skipped else EXIT_OK
+
+
+def count_kinds(kinds: list[str]) -> str:
+    """'3 unreadable, 1 too large' from a list of problem kinds, most frequent first."""
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def pixel_limit(text: str) -> int:
+    try:
+        return parse_max_pixels(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_max_pixels_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--max-pixels",
+        type=pixel_limit,
+        help=f"refuse images with more pixels than this, from their header (e.g. 150M; default: ${MAX_PIXELS_ENV} "
+        "or 100M)",
+    )
+
+
+def apply_max_pixels(args: argparse.Namespace) -> None:
+    """Set the reading limit from --max-pixels, else check $JAXMATTE_MAX_PIXELS (ValueError when malformed)."""
+    if args.max_pixels is not None:
+        set_max_pixels(args.max_pixels)
+        return
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if text:
+        try:
+            set_max_pixels(parse_max_pixels(text))
+        except ValueError as exc:
+            raise ValueError(f"{MAX_PIXELS_ENV}: {exc}") from None
+
+
+def writable(folder: Path) -> bool:
+    """Whether a file can be created in the existing `folder`: the permission bits, then a probe file that is
+    removed at once (the bits do not stop root; a read-only or pseudo file system does)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".jaxmatte-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(probe)
+    return True
+
+
+def output_problem(path: Path, option: str, *, folder: bool) -> str | None:
+    """Why `path` cannot be written as a folder (`folder`) or a file, found without leaving anything behind; None if
+    it can. Checks what exists (a file where a folder is wanted, or the reverse) and whether the nearest existing
+    folder takes a new file (`writable`)."""
+    want = "a folder" if folder else "a file"
+    if path.exists():
+        if path.is_dir() != folder:
+            return f"{option} {path}: exists and is {'a folder' if path.is_dir() else 'a file'}, not {want}"
+        target = path if folder else path.parent
+        if not writable(target) or not (folder or os.access(path, os.W_OK)):
+            return f"{option} {path}: not writable"
+        return None
+    if path.is_symlink():
+        return f"{option} {path}: a broken symbolic link"
+    existing = next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        return f"{option} {path}: cannot be created, {existing} is a file"
+    if not writable(existing):
+        return f"{option} {path}: cannot be created, {existing} is not writable"
+    return None
 
 
 def positive_int(text: str) -> int:

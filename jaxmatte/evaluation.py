@@ -10,9 +10,11 @@ Two entry points feed the same per-image computation (`evaluate_arrays`) and the
 Protocol (metrics spec, DIS section): a prediction of another size is resized to the GT size with OpenCV bilinear
 interpolation (`cv2.resize(..., INTER_LINEAR)`); DIS metrics use GT > 128. Matting metrics (SAD, MSE, Grad, Conn at
 the official scales) are added when trimaps are given (region: unknown pixels, trimap == 128) or when the GT is soft
-(region: whole image). "Soft" rule: the mean over the dataset's images of the fraction of GT pixels strictly between
-0 and 255 exceeds `SOFT_GT_FRACTION` (1 %). Binary masks, anti-aliased edges included, have a small fraction (edge
-pixels only); alpha mattes have several percent (8 % on average for the alphamatting.com training set).
+(region: whole image); an image whose region is empty (a trimap without unknown pixels) has no MSE, and the dataset
+MSE is the mean over the images that have one. "Soft" rule: the mean over the dataset's images of the fraction of GT
+pixels strictly between 0 and 255 exceeds `SOFT_GT_FRACTION` (1 %). Binary masks, anti-aliased edges included, have a
+small fraction (edge pixels only); alpha mattes have several percent (8 % on average for the alphamatting.com
+training set).
 
 Two metric sets (`METRIC_SETS`): ``"dis"`` (the default, above) and ``"matting"`` for alpha-matting models, where
 **MAE** is the plain mean |alpha_pred - alpha_gt| of [0, 1] values at the GT's resolution (no min-max normalisation,
@@ -422,16 +424,16 @@ def summarize(name: str, evaluation: Evaluation, extra_problems: Sequence[Proble
         matting = [result.matting for result in results if result.matting is not None]
         if evaluation.metrics == "matting":
             summary["MAE"] = float(np.mean([result.alpha_mae for result in results], dtype=np.float64))
-            summary.update(summarize_matting(matting))
+            summary.update(_defined_means(summarize_matting(matting), matting))
             if float(np.mean([result.soft_fraction for result in results])) <= SOFT_GT_FRACTION:
                 summary.update({key: value for key, value in dis.items() if key != "MAE"})
         else:
             summary.update(dis)
             if evaluation.matting_region is not None:
-                summary.update(summarize_matting(matting))
+                summary.update(_defined_means(summarize_matting(matting), matting))
         compat = [result.compat for result in results if result.compat is not None]
         if evaluation.compat is not None and compat:
-            summary.update(summarize_compat(evaluation.compat, compat))
+            summary.update(_defined_means(summarize_compat(evaluation.compat, compat), compat))
     return DatasetReport(
         name=name,
         summary=summary,
@@ -443,6 +445,17 @@ def summarize(name: str, evaluation: Evaluation, extra_problems: Sequence[Proble
         metrics=evaluation.metrics,
         compat=evaluation.compat,
     )
+
+
+def _defined_means(summary: dict[str, float], rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """`summary` with the MSE keys averaged over the images that have one: an image whose trimap has no unknown
+    pixel (e.g. an all-0 or all-255 GT) has an empty region, so no mean error; it must not make the dataset's NaN."""
+    for key in ("MSE", "DCP_MSE"):
+        if key in summary and not math.isfinite(summary[key]):
+            defined = [row[key] for row in rows if math.isfinite(row[key])]
+            if defined:
+                summary[key] = float(np.mean(defined, dtype=np.float64))
+    return summary
 
 
 def _region(with_matting: bool, trimaps_given: bool) -> str | None:
@@ -822,7 +835,11 @@ def evaluate_folder(
         if compat is not None:
             floats, alpha = alpha, quantize(alpha, predictor.preprocessing.quantization)
         if save_dir is not None:
-            write_png(Path(save_dir) / f"{stem}.png", alpha)
+            try:
+                write_png(Path(save_dir) / f"{stem}.png", alpha)
+            except OSError as error:
+                problems.append(Problem(stem, f"cannot write {Path(save_dir) / f'{stem}.png'} ({error.strerror})"))
+                continue
         try:
             gt = read_mask(gt_path)
         except ImageReadError as error:

@@ -41,6 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,9 +81,13 @@ def resolve_checkpoint(directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: checkpoint directory not found")
-    for candidate in (directory, *(directory / name for name in WORKDIR_CHECKPOINTS)):
+    candidates = (directory, *(directory / name for name in WORKDIR_CHECKPOINTS))
+    for candidate in candidates:
         if pretrained.is_model_dir(candidate):
             return candidate
+    for candidate in candidates[1:]:  # a workdir export that lost its config.json or params/
+        if candidate.is_dir() and any(candidate.iterdir()):
+            raise FileNotFoundError(pretrained.model_dir_problem(candidate))
     raise FileNotFoundError(
         f"{directory}: no model here; expected a directory with {CONFIG_FILE} (written by port/convert.py or "
         f"save_pretrained) or a training workdir with {' or '.join(f'{n}/{CONFIG_FILE}' for n in WORKDIR_CHECKPOINTS)}"
@@ -264,7 +269,9 @@ class Predictor:
         the `ImageReadError`. With `with_images`, (path, result, RGB image or None). `masks`: the object mask (or
         trimap) file of each path (systems that read one). `floats`: results are the float32 alphas (`finish`).
 
-        Files are read one batch at a time; the next batch is read while the device works on the current one.
+        Files are read one batch at a time; the next batch is read while the device works on the current one, so at
+        most two batches of decoded images are held (a lazy generator: nothing is read before it is iterated). A
+        file the preprocessing cannot take gives its `ImageReadError` too.
         """
         paths = [Path(path) for path in paths]
         if floats:
@@ -275,9 +282,9 @@ class Predictor:
         mask_of = dict(zip(paths, masks, strict=True)) if self.companion is not None else {}
         pending = None
         for batch in _chunks(paths, self.batch_size):
-            loaded = [self._checked(path, *_load(path, mask_of.get(path))) for path in batch]
-            prepared = [(path, image, self.prepare(*image)) for path, image, _ in loaded if image is not None]
-            errors = {index: error for index, (_, _, error) in enumerate(loaded) if error is not None}
+            loaded = [self._prepared(*self._checked(path, *_load(path, mask_of.get(path)))) for path in batch]
+            prepared = [(path, image, ready) for path, image, ready, _ in loaded if image is not None]
+            errors = {index: error for index, (*_, error) in enumerate(loaded) if error is not None}
             dispatched = self._dispatch([item[2] for item in prepared]) if prepared else None
             if pending is not None:
                 yield from self._collect(*pending, with_images, floats)
@@ -285,15 +292,29 @@ class Predictor:
         if pending is not None:
             yield from self._collect(*pending, with_images, floats)
 
+    def size_problem(self, path: str | os.PathLike, image: np.ndarray) -> ImageReadError | None:
+        """The error of an image below the model's minimum side (`min_input_size`, native policy), else None."""
+        minimum = int(getattr(self.model, "min_input_size", 1))
+        if self.policy.kind == "native" and min(image.shape[:2]) < minimum:
+            height, width = image.shape[:2]
+            return ImageReadError(path, f"{height}x{width} is below {self.family}'s {minimum} px minimum", "too small")
+        return None
+
     # ------------------------------------------------------------------------------------------------ internals
 
     def _checked(self, path: Path, images: tuple[np.ndarray, ...] | None, error: ImageReadError | None) -> tuple:
-        """(path, images, error), with an image below the model's minimum side (`min_input_size`) as an error."""
-        minimum = int(getattr(self.model, "min_input_size", 1))
-        if images is not None and self.policy.kind == "native" and min(images[0].shape[:2]) < minimum:
-            height, width = images[0].shape[:2]
-            return path, None, ImageReadError(path, f"{height}x{width} is below {self.family}'s {minimum} px minimum")
-        return path, images, error
+        """(path, images, error), with an image below the model's minimum side as an error."""
+        problem = self.size_problem(path, images[0]) if images is not None else None
+        return (path, None, problem) if problem is not None else (path, images, error)
+
+    def _prepared(self, path: Path, images: tuple[np.ndarray, ...] | None, error: ImageReadError | None) -> tuple:
+        """(path, images, `prepare` result, error); an image the preprocessing refuses becomes the error."""
+        if images is None:
+            return path, None, None, error
+        try:
+            return path, images, self.prepare(*images), None
+        except (ValueError, cv2.error) as exc:
+            return path, None, None, ImageReadError(path, f"cannot be prepared for {self.family} ({exc})")
 
     def _check_floats(self) -> None:
         if self.output != "alpha":

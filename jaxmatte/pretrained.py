@@ -191,7 +191,12 @@ def restore_params(path: Path, target: Any) -> Any:
 
 
 def orbax_problem(err: BaseException) -> str:
-    """The first line of an Orbax / tensorstore error, without tensorstore's JSON spec."""
+    """The first line of an Orbax / tensorstore error's root cause (the wrapping errors only say "error while
+    reading"), without tensorstore's JSON spec."""
+    seen = {id(err)}
+    while err.__cause__ is not None and id(err.__cause__) not in seen and str(err.__cause__).strip():
+        err = err.__cause__
+        seen.add(id(err))
     text = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
     return text.split(" [tensorstore_spec=")[0][:400]
 

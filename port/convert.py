@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="port/convert.py", description=__doc__.splitlines()[0])
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind, converter in converters().items():
-        sub = kinds.add_parser(kind, help=converter.help, description=converter.help)
+        sub = kinds.add_parser(kind, help=converter.help, description=converter.help, allow_abbrev=False)
         src_help = "weights file: .safetensors, .pth, .pt, .bin"
         sub.add_argument("--src", type=Path, required=converter.needs_src, help=src_help)
         sub.add_argument("--out", type=Path, required=True, help="output directory")

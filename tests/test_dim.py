@@ -239,7 +239,7 @@ def test_predict_cli_reports_missing_trimaps_and_needs_them(tmp_path, pictures, 
     predict = _load_script("predict")
     out = tmp_path / "out"
     base = [str(images), "--checkpoint", str(directory), "--output", str(out)]
-    assert predict.main([*base, "--trimap-dir", str(partial)]) == 0
+    assert predict.main([*base, "--trimap-dir", str(partial)]) == 1  # the others have no trimap
     assert sorted(p.name for p in out.glob("*.png")) == [first.name]
     assert predict.main(base) == 2  # neither --trimap-dir nor --trimap-model
     tiny = tmp_path / "tiny"
@@ -249,7 +249,7 @@ def test_predict_cli_reports_missing_trimaps_and_needs_them(tmp_path, pictures, 
     out2 = tmp_path / "out2"
     args = [str(tiny), str(images), "--checkpoint", str(directory), "--trimap-dir", str(partial), "--output", str(out2)]
     capsys.readouterr()
-    assert predict.main(args) == 0  # the 20 px image is reported, the others still run
+    assert predict.main(args) == 1  # the 20 px image is reported, the others still run
     assert "small.png: 20x50 is below dim_student's 32 px minimum" in capsys.readouterr().err
     assert sorted(p.name for p in out2.glob("*.png")) == [first.name]
 

@@ -131,7 +131,7 @@ def test_cli_on_dis_layout(cli, tmp_path, capsys):
     folders = make_dis_layout(tmp_path)
     out = tmp_path / "results" / "metrics.json"
     args = ["--pred-dir", folders["pred"], "--gt-dir", folders["gt"], "--image-dir", folders["im"], "--json", out]
-    assert run_cli(cli, *args, "--worst", 2, "--workers", 1) == 0
+    assert run_cli(cli, *args, "--worst", 2, "--workers", 1) == 1  # d, e, zzz are skipped
     printed = capsys.readouterr().out
 
     header, row = printed.splitlines()[:2]
@@ -168,7 +168,7 @@ def test_cli_out_dir_and_matting_with_trimaps(cli, tmp_path, capsys):
     folders = make_dis_layout(tmp_path, seed=1)
     out_dir = tmp_path / "out"
     args = ["--pred-dir", folders["pred"], "--gt-dir", folders["gt"], "--trimap-dir", folders["trimap"]]
-    assert run_cli(cli, *args, "--out-dir", out_dir, "--workers", 1, "--hce-binarize", "pysodmetrics") == 0
+    assert run_cli(cli, *args, "--out-dir", out_dir, "--workers", 1, "--hce-binarize", "pysodmetrics") == 1
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split() == ["dataset", "images", *DIS_KEYS, "SAD", "MSE(x1e3)", "Grad", "Conn"]
 
@@ -188,7 +188,7 @@ def test_cli_soft_ground_truth_gets_whole_image_matting_metrics(cli, tmp_path):
     folders = make_dis_layout(tmp_path, soft=True, seed=2)
     out = tmp_path / "soft.json"
     args = ["--pred-dir", folders["pred"], "--gt-dir", folders["gt"], "--json", out, "--worst", 0, "--workers", 1]
-    assert run_cli(cli, *args) == 0
+    assert run_cli(cli, *args) == 1
     result = json.loads(out.read_text())["DIS-TE1"]
     assert result["matting_region"] == "whole"
     arrays = direct_arrays(folders, "abc")
@@ -205,7 +205,7 @@ def test_cli_matting_metric_set(cli, tmp_path, capsys, soft):
     folders = make_dis_layout(tmp_path, soft=soft, seed=3)
     out = tmp_path / "m.json"
     args = ["--pred-dir", folders["pred"], "--gt-dir", folders["gt"], "--json", out, "--worst", 0]
-    assert run_cli(cli, *args, "--workers", 1, "--metrics", "matting") == 0
+    assert run_cli(cli, *args, "--workers", 1, "--metrics", "matting") == 1
     header = capsys.readouterr().out.splitlines()[0].split()
     result = json.loads(out.read_text())["DIS-TE1"]
     keys = [key for key in result if key not in REPORT_KEYS | {"metrics"}]
@@ -230,7 +230,7 @@ def test_cli_process_pool_gives_the_same_numbers(cli, tmp_path):
     for workers in (1, 2):
         out = tmp_path / f"w{workers}.json"
         args = ["--pred-dir", folders["pred"], "--gt-dir", folders["gt"], "--trimap-dir", folders["trimap"]]
-        assert run_cli(cli, *args, "--json", out, "--worst", 0, "--workers", workers) == 0
+        assert run_cli(cli, *args, "--json", out, "--worst", 0, "--workers", workers) == 1
         outputs[workers] = json.loads(out.read_text())
     in_process, pooled = outputs[1]["DIS-TE1"], outputs[2]["DIS-TE1"]
     assert_json_numbers(pooled, {key: in_process[key] for key in (*DIS_KEYS, *MATTING_KEYS)})
@@ -243,7 +243,7 @@ def test_cli_json_keeps_other_datasets(cli, tmp_path, capsys):
     out = tmp_path / "all.json"
     for name in ("DIS-VD", "DIS-TE1"):
         args = ["--pred-dir", folders["pred"], "--gt-dir", folders["gt"], "--json", out, "--name", name]
-        assert run_cli(cli, *args, "--worst", 0, "--workers", 1) == 0
+        assert run_cli(cli, *args, "--worst", 0, "--workers", 1) == 1
     assert sorted(json.loads(out.read_text())) == ["DIS-TE1", "DIS-VD"]
     out.write_text("[1, 2]")
     assert run_cli(cli, "--pred-dir", folders["pred"], "--gt-dir", folders["gt"], "--json", out) == 2
@@ -354,7 +354,7 @@ def test_cli_on_real_alpha_mattes(cli, tmp_path):
         save(preds / f"{name}.png", cv2.resize(blurred, None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA))
     out = tmp_path / "real.json"
     args = ["--pred-dir", preds, "--gt-dir", REALDATA / "alpha", "--trimap-dir", REALDATA / "trimap1"]
-    assert run_cli(cli, *args, "--name", "alphamatting", "--json", out, "--worst", 0, "--workers", 1) == 0
+    assert run_cli(cli, *args, "--name", "alphamatting", "--json", out, "--worst", 0, "--workers", 1) == 1
     result = json.loads(out.read_text())["alphamatting"]
     assert result["images"] == 3 and result["matting_region"] == "unknown"
     assert len(result["skipped"]) == 24 and {item["reason"] for item in result["skipped"]} == {"no prediction"}

@@ -146,7 +146,7 @@ def test_cli_reports_official_and_dcp_metrics(model, cli, tmp_path, capsys):
     (root / "trimap" / "c.png").unlink()  # reported and skipped
     out = tmp_path / "out"
     argv = ["--checkpoint", str(directory), "--data", str(root), "--out-dir", str(out), "--save-preds", str(out)]
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == 1  # c.png is skipped
     printed = capsys.readouterr().out
     assert all(key in printed for key in DCP_KEYS) and "DCP_*: DCP test.py" in printed
     assert "unknown (trimap == 128)" in printed

@@ -108,7 +108,7 @@ def test_cli_pred_dir_writes_json_and_csv(cli, tmp_path, capsys):
     out.parent.mkdir()
     out.write_text(json.dumps({"other": {"images": 1}}))
     args = ["--pred-dir", pred_dir, "--trimap-dir", gt_dir, "--metrics", "trimap", "--json", out, "--name", "set"]
-    assert cli.main([str(a) for a in args]) == 0
+    assert cli.main([str(a) for a in args]) == 1  # d, e, zzz are skipped
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split() == ["dataset", "images", *TRIMAP_KEYS]
     assert "rowIoU_mean" in printed and "approximate" in printed
@@ -187,7 +187,7 @@ def test_cli_model_mode_matches_predictor(cli, tiny_segtrimap, tmp_path, capsys)
     names = make_model_root(root)
     out_dir, preds = tmp_path / "out", tmp_path / "preds"
     args = ["--checkpoint", tiny_segtrimap, "--data", root, "--out-dir", out_dir, "--save-preds", preds]
-    assert cli.main([str(a) for a in [*args, "--batch-size", "2"]]) == 0
+    assert cli.main([str(a) for a in [*args, "--batch-size", "2"]]) == 1  # d is skipped
     printed = capsys.readouterr().out
     assert "input masks: GT alpha >= 30" in printed and "GT labels: trimap files" in printed
 
@@ -220,7 +220,7 @@ def test_model_mode_alpha_labels_and_bad_metrics(cli, tiny_segtrimap, tmp_path, 
         path.unlink()
     (root / "trimap").rmdir()
     args = ["--checkpoint", tiny_segtrimap, "--data", root, "--json", tmp_path / "m.json", "--unknown-band", "3"]
-    assert cli.main([str(a) for a in args]) == 0
+    assert cli.main([str(a) for a in args]) == 1  # d is skipped
     assert "alpha (unknown band 3 px)" in capsys.readouterr().out
     assert json.loads((tmp_path / "m.json").read_text())["NOTRI"]["gt_labels"] == "alpha (unknown band 3 px)"
     assert cli.main([str(a) for a in [*args, "--metrics", "dis"]]) == 2

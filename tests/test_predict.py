@@ -72,9 +72,8 @@ def evaluate_cli():
     return _load_script("evaluate")
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Tiny TSR model with seeded random weights, saved in the converted-release and the training-workdir layouts."""
+def tiny_tsr_model():
+    """(config, model): a tiny TSR with seeded random weights (BatchNorm statistics and scales kept plausible)."""
     config = modeling.TSRConfig(
         backbone=swin.SwinConfig(window_size=7, depths=(1, 1, 1, 1), embed_dim=8, num_heads=(1, 1, 1, 1)),
         safe_size=224,
@@ -96,7 +95,13 @@ def checkpoints(tmp_path_factory):
             values[key] = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
         else:
             values[key] = 0.1 * rng.standard_normal(shape)
-    model = pretrained.fill(abstract, values)
+    return config, pretrained.fill(abstract, values)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Tiny TSR model with seeded random weights, saved in the converted-release and the training-workdir layouts."""
+    config, model = tiny_tsr_model()
     root = tmp_path_factory.mktemp("checkpoints")
     converted = pretrained.save_pretrained(model, config, root / "converted", info=CONVERTED_INFO)
     workdir = root / "workdir"
@@ -164,10 +169,10 @@ def letterbox_reference(model, image: np.ndarray) -> np.ndarray:
 def test_cli_faithful_pipeline_on_mixed_folder(checkpoints, inputs, predict_cli, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [str(inputs), "--checkpoint", str(checkpoints["converted"]), "--output", str(out), "--recursive"]
-    assert predict_cli.main(argv) == 0
+    assert predict_cli.main(argv) == 1  # broken.png is skipped
     captured = capsys.readouterr()
-    assert "broken.png" in captured.err and "skipped (1)" in captured.err
-    assert "wrote 6 of 7 images" in captured.out
+    assert f"skipped {inputs / 'broken.png'}: not an image" in captured.err
+    assert "wrote 6 of 7 images" in captured.out and "skipped 1: 1 unreadable" in captured.out
     written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*.png"))
     expected = _readable(inputs)
     assert written == sorted(f"{stem}.png" for stem in expected)
@@ -180,7 +185,7 @@ def test_cli_faithful_pipeline_on_mixed_folder(checkpoints, inputs, predict_cli,
 
     # without --recursive the subfolder is left alone
     flat = tmp_path / "flat"
-    assert predict_cli.main([str(inputs), "--checkpoint", str(checkpoints["converted"]), "--output", str(flat)]) == 0
+    assert predict_cli.main([str(inputs), "--checkpoint", str(checkpoints["converted"]), "--output", str(flat)]) == 1
     assert not (flat / "sub").exists() and (flat / "colour.png").is_file()
 
 
@@ -206,6 +211,11 @@ def test_letterbox_pipeline_and_workdir(checkpoints, inputs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="best/config.json or last/config.json"):
         resolve_checkpoint(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    (broken / "best").mkdir(parents=True)
+    (broken / "best" / "config.json").symlink_to(checkpoints["workdir"] / "best" / "config.json")
+    with pytest.raises(FileNotFoundError, match=r"broken/best/params: missing \(config.json is there"):
+        resolve_checkpoint(broken)
 
     # overrides: the converted release run with the letterbox geometry and rounding gives the letterbox pipeline
     overridden = Predictor(checkpoints["converted"], resize_policy="letterbox", quantization="round")
@@ -235,7 +245,7 @@ def test_batch_size_invariance_and_formats(checkpoints, inputs, predict_cli, tmp
         out = tmp_path / f"batch{batch}"
         argv = [str(inputs), "--recursive", "--checkpoint", str(checkpoints["converted"]), "--output", str(out)]
         argv += ["--batch-size", str(batch), "--format", "alpha,rgba,composite", "--background", "0,128,255"]
-        assert predict_cli.main(argv) == 0
+        assert predict_cli.main(argv) == 1
         outputs[batch] = {path.relative_to(out): path.read_bytes() for path in sorted(out.rglob("*.png"))}
     assert len(outputs[1]) == 3 * 6 and outputs[1] == outputs[3]
 
@@ -251,7 +261,7 @@ def test_batch_size_invariance_and_formats(checkpoints, inputs, predict_cli, tmp
         expected = image * weight + np.array([0, 128, 255]) * (1 - weight)
         assert composite.shape == image.shape and np.abs(composite - expected).max() <= 0.5 + 1e-3
 
-    # a glob input; nothing readable -> exit code 2
+    # a glob input (nothing skipped: 0); nothing readable -> exit code 2
     assert predict_cli.main([str(inputs / "g*.png"), "--checkpoint", str(checkpoints["converted"]), "--output",
                              str(tmp_path / "glob")]) == 0  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "glob").iterdir()) == ["gray.png"]
@@ -276,7 +286,7 @@ def test_evaluate_model_mode(checkpoints, evaluate_cli, tmp_path, capsys):
     results, preds = tmp_path / "results.json", tmp_path / "preds"
     argv = ["--checkpoint", checkpoints["converted"], "--data", root / "DIS-TE1", "--data", root / "DIS-TE2"]
     argv += ["--json", results, "--save-preds", preds, "--batch-size", 2, "--worst", 2]
-    assert evaluate_cli.main([str(arg) for arg in argv]) == 0
+    assert evaluate_cli.main([str(arg) for arg in argv]) == 1  # zz_broken is skipped
     data = json.loads(results.read_text())
     assert sorted(data) == ["DIS-TE1", "DIS-TE2"]
     for name, count in (("DIS-TE1", 3), ("DIS-TE2", 2)):
@@ -295,7 +305,7 @@ def test_evaluate_model_mode(checkpoints, evaluate_cli, tmp_path, capsys):
     saved = tmp_path / "saved.json"
     argv = ["--pred-dir", preds / "DIS-TE1", "--gt-dir", root / "DIS-TE1" / "gt", "--json", saved, "--workers", 1]
     capsys.readouterr()
-    assert evaluate_cli.main([str(arg) for arg in argv]) == 0
+    assert evaluate_cli.main([str(arg) for arg in argv]) == 1  # zz_broken has no prediction
     from_files = json.loads(saved.read_text())["DIS-TE1"]
     for key in DIS_KEYS:
         assert from_files[key] == pytest.approx(data["DIS-TE1"][key], rel=1e-12, abs=1e-12), key

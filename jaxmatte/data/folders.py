@@ -12,6 +12,13 @@ root, or an explicit `trimap_dir`) and given input masks (`input_mask_dir`, e.g.
 A source is what grain's `MapDataset.source` takes: picklable, `len()`, `[int]` returning
 ``{"image": HxWx3 uint8 RGB, "mask": HxW uint8, "name": stem[, "trimap": HxW uint8][, "input_mask": HxW uint8]}``,
 files read lazily through `jaxmatte.data.io`.
+
+Bad training data: files that cannot be paired or whose headers cannot be read, and pairs whose sizes differ, are
+left out and listed once when the dataset opens (`problems`, one warning). Ground truth needing a conversion is
+kept and listed once at INFO (`notes`): 16-bit files are scaled to 8 bits (round(v / 257)); files with an alpha
+channel are read as `read_mask` reads them (the alpha channel where the colour is constant, else the luminance).
+Files whose pixel data turn out to be unreadable only when read are skipped by the training loop
+(`jaxmatte.train.loop.SkippingSource`, one warning per file).
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class DISFolders:
         if not self.roots:
             raise ValueError("DISFolders needs at least one root folder")
         self.problems: list[tuple[Path, str]] = []
+        self.notes: list[tuple[Path, str]] = []
         pairs: list[tuple[str, str, str, str, str]] = []
         for root in self.roots:
             pairs.extend(self._pair(root, validate))
@@ -81,6 +89,10 @@ class DISFolders:
                 listed,
                 more,
             )
+        if self.notes:
+            listed = "\n".join(f"  {path}: {reason}" for path, reason in self.notes[:20])
+            more = f"\n  ... and {len(self.notes) - 20} more" if len(self.notes) > 20 else ""
+            logger.info("%d ground-truth file(s) converted on reading:\n%s%s", len(self.notes), listed, more)
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -179,17 +191,22 @@ class DISFolders:
         return pairs
 
     def _valid_pair(self, image_path: Path, gt_path: Path) -> bool:
-        sizes = []
+        sizes, kinds = [], []
         for path in (image_path, gt_path):
-            size, problem = _checked_size(path)
+            size, problem, kind = _checked_header(path)
             if problem is not None:
                 self.problems.append((path, problem))
                 return False
             sizes.append(size)
+            kinds.append(kind)
         if sizes[0] != sizes[1]:
             (iw, ih), (gw, gh) = sizes
             self.problems.append((image_path, f"image is {iw}x{ih} but its ground truth {gt_path.name} is {gw}x{gh}"))
             return False
+        if kinds[1] == "deep":
+            self.notes.append((gt_path, "more than 8 bits per channel, scaled to 8 bits"))
+        elif kinds[1] == "alpha":
+            self.notes.append((gt_path, "has an alpha channel, used where the colour is constant (else the luminance)"))
         return True
 
 
@@ -214,19 +231,42 @@ def open_folders(
 
 def _checked_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     """((width, height) after EXIF orientation, None) or (None, problem), from a header read plus PIL `verify`."""
+    size, problem, _ = _checked_header(path)
+    return size, problem
+
+
+def _checked_header(path: Path) -> tuple[tuple[int, int] | None, str | None, str]:
+    """`_checked_size` and the file's kind: "deep" (more than 8 bits per channel), "alpha" (an alpha channel) or
+    ""."""
     try:
         if path.stat().st_size == 0:
-            return None, "empty file (0 bytes)"
+            return None, "empty file (0 bytes)", ""
         with Image.open(path) as pil:  # verify() must come first and leaves the object unusable
             pil.verify()
         with Image.open(path) as pil:
             width, height = pil.size
+            kind = _kind(pil)
             try:
                 orientation = pil.getexif().get(EXIF_ORIENTATION_TAG, 1)
             except Exception:  # a broken EXIF block does not stop io.read_image either
                 orientation = 1
     except Exception as exc:  # unidentified format, truncated header, bad CRC, unreadable file
-        return None, f"not a readable image ({type(exc).__name__}: {exc})"
+        return None, f"not a readable image ({type(exc).__name__}: {exc})", ""
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return (width, height), None
+    return (width, height), None, kind
+
+
+def _kind(pil: Image.Image) -> str:
+    """ "deep", "alpha" or "" from an opened (not loaded) file's mode and tiles."""
+    if pil.mode in ("I", "F") or pil.mode.startswith("I;16"):
+        return "deep"
+    try:
+        raw = [tile[3] if isinstance(tile[3], str) else (tile[3] or ("",))[0] for tile in pil.tile]
+    except Exception:  # tile layout of an unusual plugin: judge by the mode only
+        raw = []
+    if any(isinstance(mode, str) and ";16" in mode for mode in raw):
+        return "deep"
+    if pil.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (pil.mode == "P" and "transparency" in pil.info):
+        return "alpha"
+    return ""

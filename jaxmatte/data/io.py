@@ -16,12 +16,21 @@ Images come back as HxWx3 uint8 RGB, masks as HxW uint8. Conversions:
 
 PIL decodes; OpenCV is used for what PIL cannot represent (16-bit colour, float colour TIFF) and for the luminance of
 8-bit colour masks. Multi-frame files (GIF, multi-page TIFF) give their first frame.
+
+Size limit: an image with more than `max_pixels()` pixels (default 100 Mpx; the `JAXMATTE_MAX_PIXELS` environment
+variable, `set_max_pixels`, or `max_pixels=` per call) is refused from its header, before any pixel is decoded (a
+140 KB PNG can declare 144 Mpx). PIL's own `Image.MAX_IMAGE_PIXELS` is set to the same limit. Files PIL cannot
+identify, which only OpenCV decodes, are checked after decoding (OpenCV's own `OPENCV_IO_MAX_IMAGE_PIXELS`, 2^30 by
+default, bounds that decode).
+
+Every failure is an `ImageReadError` naming the file, with a `kind`: "not found", "unreadable", "too large".
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -32,47 +41,114 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 EXIF_ORIENTATION_TAG = 0x0112
 
+MAX_PIXELS_ENV = "JAXMATTE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000
+
 _RGB_CONVERTIBLE = {"P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
 class ImageReadError(ValueError):
-    """A file that cannot be read as an image; the message names the file and the problem."""
+    """A file that cannot be read as an image; the message names the file and the problem. `kind`: a short class of
+    the problem for summaries ("not found", "unreadable", "too large", or a caller's own)."""
 
-    def __init__(self, path: str | os.PathLike, problem: str):
+    def __init__(self, path: str | os.PathLike, problem: str, kind: str = "unreadable"):
         self.path = Path(path)
         self.problem = problem
+        self.kind = kind
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable with its kind (process pools)
+        return type(self), (self.path, self.problem, self.kind)
 
-def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Image files (by suffix, case-insensitive, see `IMAGE_SUFFIXES`) in `folder`, sorted; hidden files skipped."""
+
+def _limit_from_env() -> int:
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return parse_max_pixels(text)
+    except ValueError as exc:
+        warnings.warn(f"{MAX_PIXELS_ENV}: {exc}; using {DEFAULT_MAX_PIXELS}", stacklevel=2)
+        return DEFAULT_MAX_PIXELS
+
+
+def parse_max_pixels(text: str) -> int:
+    """A pixel limit from text: an integer (underscores allowed) or a float with an M suffix (e.g. "150M")."""
+    cleaned = text.strip().replace("_", "")
+    try:
+        value = float(cleaned[:-1]) * 1e6 if cleaned[-1:] in ("M", "m") else int(cleaned)
+    except ValueError:
+        raise ValueError(f"expected a pixel count such as 100000000 or 100M, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"the pixel limit must be at least 1, got {text!r}")
+    return int(value)
+
+
+def max_pixels() -> int:
+    """The current pixel limit of `read_image` / `read_mask`."""
+    return _max_pixels
+
+
+def set_max_pixels(limit: int) -> None:
+    """Set the pixel limit, PIL's `Image.MAX_IMAGE_PIXELS` with it, and `JAXMATTE_MAX_PIXELS` so that worker
+    processes started later use it too."""
+    global _max_pixels
+    if int(limit) < 1:
+        raise ValueError(f"the pixel limit must be at least 1, got {limit}")
+    _max_pixels = int(limit)
+    Image.MAX_IMAGE_PIXELS = _max_pixels
+    os.environ[MAX_PIXELS_ENV] = str(_max_pixels)
+
+
+_max_pixels = _limit_from_env()
+Image.MAX_IMAGE_PIXELS = _max_pixels
+
+
+def scan_images(folder: str | os.PathLike, recursive: bool = False) -> tuple[list[Path], list[ImageReadError]]:
+    """(image files, problems) of `folder`: files by suffix (case-insensitive, `IMAGE_SUFFIXES`), sorted by relative
+    path, hidden entries skipped. Folders named like images are not files (with `recursive` their images count);
+    symbolic links to folders are not followed (no loops); a link with an image suffix that leads nowhere (broken or
+    looping) is a problem."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: not a directory")
     candidates = folder.rglob("*") if recursive else folder.iterdir()
-    found = [
-        path
-        for path in candidates
-        if path.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-        and path.is_file()
-    ]
-    return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
+    found, problems = [], []
+    for path in candidates:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.is_file():
+            found.append(path)
+        elif path.is_symlink() and not path.is_dir():
+            problems.append(ImageReadError(path, "broken or looping symbolic link", "broken link"))
+
+    def order(path: Path) -> str:
+        return path.relative_to(folder).as_posix()
+
+    return sorted(found, key=order), sorted(problems, key=lambda error: order(error.path))
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """HxWx3 uint8 RGB image from any common file (alpha dropped, grayscale replicated)."""
-    array, layout = _decode(path)
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files (by suffix, case-insensitive, see `IMAGE_SUFFIXES`) in `folder`, sorted; hidden files skipped."""
+    return scan_images(folder, recursive)[0]
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+    """HxWx3 uint8 RGB image from any common file (alpha dropped, grayscale replicated); `max_pixels`: this call's
+    limit (default `max_pixels()`)."""
+    array, layout = _decode(path, max_pixels=max_pixels)
     if layout in ("L", "LA"):
         gray = _to_uint8(array[..., 0] if layout == "LA" else array, path)
         return np.repeat(gray[..., None], 3, axis=2)
     return _to_uint8(array[..., :3], path)
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
+def read_mask(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
     """HxW uint8 mask (ground truth, prediction, trimap); see the module docstring for the conventions."""
-    array, layout = _decode(path, gray_for_colour=True)
+    array, layout = _decode(path, gray_for_colour=True, max_pixels=max_pixels)
     if layout == "L":
         return _to_uint8(array, path)
     colour, alpha = (array[..., 0], array[..., 1]) if layout == "LA" else (array[..., :3], array[..., 3:])
@@ -99,25 +175,34 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _decode(path: str | os.PathLike, gray_for_colour: bool = False) -> tuple[np.ndarray, str]:
+def _decode(
+    path: str | os.PathLike, gray_for_colour: bool = False, max_pixels: int | None = None
+) -> tuple[np.ndarray, str]:
     """(array at native dtype, layout in L | LA | RGB | RGBA), EXIF orientation applied.
 
     With `gray_for_colour`, 8-bit colour files without a usable alpha come back as OpenCV's grayscale decode ("L").
     """
+    limit = _max_pixels if max_pixels is None else max_pixels
     data = _read_bytes(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             pil = Image.open(io.BytesIO(data))
+            _check_size(path, pil.size, limit)  # from the header, before decoding
             wide_colour = _is_wide_colour(pil)  # the tile list is gone after load()
             pil.load()
     except UnidentifiedImageError:
         array = _cv2_unchanged(data)
         if array is None:
             raise ImageReadError(path, "not an image file (or an unsupported format)") from None
+        _check_size(path, (array.shape[1], array.shape[0]), limit)
         return _from_cv2(array, path), _layout_of(array)
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"image too large: {exc}") from None
+    except Image.DecompressionBombError as exc:  # PIL's own check (2 x its limit) in Image.open
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)) / 1e6:.1f} Mpx" if found else "its size"
+        raise ImageReadError(path, f"{pixels} is above the pixel limit of {_mpx(limit)}{_HINT}", "too large") from None
+    except ImageReadError:
+        raise
     except Exception as exc:  # truncated / corrupt data surfaces as OSError, SyntaxError, zlib.error, ...
         raise ImageReadError(path, f"truncated or corrupt image data ({exc})") from None
 
@@ -160,10 +245,30 @@ def _decode(path: str | os.PathLike, gray_for_colour: bool = False) -> tuple[np.
     return _orient(array, orientation), layout
 
 
+_HINT = f" (--max-pixels or {MAX_PIXELS_ENV})"
+
+
+def _mpx(pixels: int) -> str:
+    return f"{pixels / 1e6:g} Mpx" if pixels >= 100_000 else f"{pixels} px"
+
+
+def _check_size(path: str | os.PathLike, size: tuple[int, int], limit: int) -> None:
+    """Refuse a (width, height) above `limit` pixels."""
+    width, height = size
+    if width * height > limit:
+        raise ImageReadError(
+            path,
+            f"{width}x{height} ({_mpx(width * height)}) is above the pixel limit of {_mpx(limit)}{_HINT}",
+            "too large",
+        )
+
+
 def _read_bytes(path: str | os.PathLike) -> bytes:
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ImageReadError(path, "broken or looping symbolic link", "broken link")
     if not path.exists():
-        raise ImageReadError(path, "file not found")
+        raise ImageReadError(path, "file not found", "not found")
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
     try:

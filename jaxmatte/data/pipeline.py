@@ -76,15 +76,23 @@ def make_dataset(
 
 
 def make_iterator(
-    dataset: grain.MapDataset | grain.IterDataset, *, workers: int = 0, buffer_size: int | None = None
+    dataset: grain.MapDataset | grain.IterDataset,
+    *,
+    workers: int = 0,
+    prefetch: int = 4,
+    buffer_size: int | None = None,
 ) -> grain.DatasetIterator:
     """An iterator over `dataset`: in this process (``workers=0``) or in `workers` processes (``mp_prefetch``).
 
-    The batches are the same either way. `iterator.get_state()` / `set_state(state)` save and restore the position
-    (also through ``grain.checkpoint.CheckpointSave / CheckpointRestore``). Close it (`iterator.close()`) when done.
+    A MapDataset's batches are prepared `prefetch` ahead by as many threads (at most 16; 0: read when asked), not
+    grain's default of 500 batches, which holds hundreds of full-size batches in memory. The batches are the same
+    either way. `iterator.get_state()` / `set_state(state)` save and restore the position (also through
+    ``grain.checkpoint.CheckpointSave / CheckpointRestore``). Close it (`iterator.close()`) when done.
     """
     if isinstance(dataset, grain.MapDataset):
-        dataset = dataset.to_iter_dataset()
+        prefetch = max(0, int(prefetch))
+        read = grain.ReadOptions(num_threads=min(prefetch, 16), prefetch_buffer_size=prefetch)
+        dataset = dataset.to_iter_dataset(read)
     if workers > 0:
         ensure_absl_flags_parsed()
         options = grain.MultiprocessingOptions(num_workers=workers)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import json
 import types
 import typing
 from collections.abc import Sequence
@@ -68,6 +69,9 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.data.augment = True
     c.data.augmentation = overrides_section(Augment)  # None: `Augment`'s defaults
     c.data.workers = 0
+    # training batches prepared ahead by as many threads (at most 16; 0: none, read in the loop); grain's default
+    # (500 batches, 16 threads) holds hundreds of full-size batches in memory and competes with the step for CPU
+    c.data.prefetch = 4
     c.data.val_batch_size = 1
     c.data.val_limit = 0  # > 0: validate on the first n images only
 
@@ -89,7 +93,9 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.optim.epochs = 70
     c.optim.batch_size = 2
     c.optim.accum_steps = 4
-    c.optim.skip_nonfinite = False
+    # True: a step whose loss, gradient norm or resulting state is non-finite changes nothing (parameters, optimizer
+    # state, BatchNorm statistics) and is counted; False: such steps are applied as computed (debugging only)
+    c.optim.skip_nonfinite = True
     c.optim.drop_partial_accumulation = False  # True: discard leftover micro-batches at each epoch end
 
     c.train = ml_collections.ConfigDict()
@@ -100,6 +106,8 @@ def base_config(family: str) -> ml_collections.ConfigDict:
     c.train.val_at_start = False
     c.train.checkpoint_every = 0  # micro-batches between checkpoints; 0: every epoch
     c.train.max_to_keep = 2
+    c.train.max_nonfinite_steps = 20  # stop with an error after this many non-finite steps in a row (checked when
+    # logging, every train.log_every steps); 0: never
     c.train.best_metric = system.best_metric
     c.train.best_mode = system.best_mode
     c.train.sample_count = 4  # validation images in the samples PNG
@@ -237,3 +245,71 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
 
 def default_workdir(config: ml_collections.ConfigDict) -> Path:
     return Path("runs") / f"{config.name}-{config.variant}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resuming with another config
+
+
+def flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of a nested dict (a config's JSON); lists become tuples."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = _tuples(value)
+    return flat
+
+
+def config_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The flattened settings of `config`, as its ``config.json`` holds them."""
+    return flat_settings(json.loads(config.to_json_best_effort()))
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key old -> new`` for every flattened setting that differs (missing on one side: ``<none>``)."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, "<none>"), new.get(key, "<none>")
+        if before != after:
+            lines.append(f"{key} {before!r} -> {after!r}")
+    return lines
+
+
+def config_with(config: ml_collections.ConfigDict, values: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `config` with the flattened `values` (e.g. an older ``config.json``) set where the field exists and
+    the value fits."""
+    copy = config.copy_and_resolve_references()
+    for key, value in values.items():
+        *parents, name = key.split(".")
+        parent = copy
+        try:
+            for part in parents:
+                parent = parent[part]
+            if name not in parent or isinstance(parent[name], ml_collections.ConfigDict):
+                continue
+            if isinstance(value, tuple) and parent.get_ref(name).get_type() is list:
+                value = list(value)
+            parent[name] = value
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return copy
+
+
+def model_differences(config: ml_collections.ConfigDict, previous: dict[str, Any]) -> list[str]:
+    """The model fields in which `config` differs from the flattened settings `previous` of an earlier run (the
+    resolved model configs compared, so a changed preset or ``data.size`` counts where it changes the model)."""
+    old_family, family = previous.get("model.family"), config.model.family
+    if old_family != family:
+        return [f"model.family {old_family!r} -> {family!r}"]
+    try:
+        old = dataclasses.asdict(model_config(config_with(config, previous)))
+        new = dataclasses.asdict(model_config(config))
+    except Exception:  # an old config this code cannot resolve: compare the raw model section
+        now = config_settings(config)
+        keys = {k for k in set(previous) | set(now) if k.startswith("model.")}
+        keys -= {f"model.{name}" for name in ("backbone_weights", "init_from")}
+        return changed_settings({k: previous.get(k) for k in keys}, {k: now.get(k) for k in keys})
+    old, new = flat_settings(old, "model."), flat_settings(new, "model.")
+    return changed_settings(old, new)

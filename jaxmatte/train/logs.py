@@ -1,15 +1,19 @@
 """Run logs: a tqdm progress bar, CSV files, a loss-curve PNG, sample grids, TensorBoard events.
 
-Files in the workdir: ``train.csv`` (step, epoch, lr, images/s, loss terms), ``val.csv`` (step, epoch, metrics),
+Files in the workdir: ``train.csv`` (step, epoch, lr, images/s, loss terms of the step, grad_norm, ``skipped``: the
+non-finite steps skipped so far in the run), ``val.csv`` (step, epoch, metrics),
 ``loss.png`` (training loss and validation metric against the step), ``samples/step_<n>.png`` (rows of image | ground
 truth | prediction), ``tensorboard/`` (event files with the same training terms as ``train/<term>`` and
-metrics as ``val/<metric>``).
+metrics as ``val/<metric>``). A resumed run first drops what its logs hold beyond the restored step
+(`truncate_logs`), so replayed steps appear once.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
+import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +38,8 @@ class RunLog:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-        self.board = SummaryWriter(str(self.workdir / "tensorboard"))
+        self._files = 0
+        self.board = self._writer()
         self._start = time.perf_counter()
         self._last_time = self._start
         self._last_step = start_step
@@ -42,18 +47,26 @@ class RunLog:
     def _append(self, name: str, row: dict[str, Any]) -> None:
         append_csv(self.workdir / name, row)
 
-    def train(self, step: int, epoch: int, lr: float, batch_size: int, terms: dict[str, float]) -> None:
-        """Log training terms at `step` (the number of micro-batches done)."""
+    def train(
+        self, step: int, epoch: int, lr: float, batch_size: int, terms: dict[str, float], skipped: int = 0
+    ) -> None:
+        """Log training terms at `step` (the number of micro-batches done); `skipped`: non-finite steps so far."""
         now = time.perf_counter()
         rate = (step - self._last_step) * batch_size / max(now - self._last_time, 1e-9)
         self._last_time, self._last_step = now, step
-        row = {"step": step, "epoch": epoch, "lr": lr, "images_per_s": round(rate, 3), **terms}
+        terms = {key: value for key, value in terms.items() if key != "nonfinite"}  # `skipped` counts them
+        row = {"step": step, "epoch": epoch, "lr": lr, "images_per_s": round(rate, 3), **terms, "skipped": skipped}
         self._append("train.csv", row)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{terms.get('total', math.nan):.4f}", img_s=f"{rate:.1f}", refresh=False)
+            postfix = {"loss": f"{terms.get('total', math.nan):.4f}", "img_s": f"{rate:.1f}"}
+            if skipped:
+                postfix["skipped"] = str(skipped)
+            self.bar.set_postfix(postfix, refresh=False)
         for key, value in terms.items():
-            self.board.add_scalar(f"train/{key}", value, step)
+            if math.isfinite(value):  # non-finite steps show in train/skipped (and in train.csv as nan)
+                self.board.add_scalar(f"train/{key}", value, step)
         self.board.add_scalar("train/lr", lr, step)
+        self.board.add_scalar("train/skipped", skipped, step)
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
@@ -64,6 +77,19 @@ class RunLog:
         for key, value in metrics.items():
             self.board.add_scalar(f"val/{key}", value, step)
         self.message(f"step {step} (epoch {epoch}) val " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def _writer(self) -> SummaryWriter:
+        # pid and a counter in the name: two writers opened within a second must not share a file
+        self._files += 1
+        suffix = f".{os.getpid()}.{self._files:06d}"
+        return SummaryWriter(str(self.workdir / "tensorboard"), filename_suffix=suffix)
+
+    def flush(self) -> None:
+        """Get every TensorBoard event logged so far onto disk (before a checkpoint, so that a run killed later loses
+        none it will not replay). tensorboardX's own flush leaves events queued, so the writer is closed (which
+        drains the queue) and a new file started."""
+        self.board.close()
+        self.board = self._writer()
 
     def message(self, text: str) -> None:
         if self.bar is not None:
@@ -156,6 +182,16 @@ def sample_grid(
     return write_png(path, np.concatenate(padded, axis=0))
 
 
+def _rewrite_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """Replace the CSV file `path` by `rows` under `fields`, atomically (a killed rewrite leaves the old file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 def append_csv(path: Path, row: dict[str, Any]) -> None:
     """Append `row` to the CSV file `path` (header first when new; rewritten with a wider header for new columns)."""
     fields = list(row)
@@ -165,14 +201,72 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
         if header:
             fields = header + [key for key in row if key not in header]
             if fields != header:  # new columns: rewrite with the wider header
-                rows = list(csv.DictReader(path.open()))
-                with path.open("w", newline="") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=fields)
-                    writer.writeheader()
-                    writer.writerows(rows)
+                with path.open() as handle:
+                    rows = list(csv.DictReader(handle))
+                _rewrite_csv(path, fields, rows)
     new = not path.exists()
     with path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resume
+
+
+def truncate_logs(workdir: str | Path, step: int) -> None:
+    """Drop the rows of ``train.csv`` / ``val.csv`` and the TensorBoard scalars after `step` (a resumed run replays
+    those steps), and rows cut short by a crash."""
+    workdir = Path(workdir)
+    for name in ("train.csv", "val.csv"):
+        path = workdir / name
+        if not path.exists():
+            continue
+        with path.open() as handle:
+            reader = csv.DictReader(handle)
+            fields, rows = reader.fieldnames or [], list(reader)
+        kept = [row for row in rows if _row_step(row) is not None and _row_step(row) <= step]
+        if len(kept) != len(rows):
+            _rewrite_csv(path, list(fields), kept)
+    board = workdir / "tensorboard"
+    if board.is_dir():
+        for path in sorted(board.glob("events.out.tfevents.*")):
+            _truncate_events(path, step)
+
+
+def _row_step(row: dict[str, Any]) -> int | None:
+    if any(value is None for value in row.values()) or None in row:  # a line cut short (or overlong)
+        return None
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _truncate_events(path: Path, step: int) -> None:
+    """Rewrite a TensorBoard event file without its summaries after `step` (records copied byte for byte; a record
+    cut short ends the file)."""
+    from tensorboardX.proto import event_pb2
+
+    data = path.read_bytes()
+    kept, offset, changed = [], 0, False
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
+        end = offset + 12 + length + 4
+        if end > len(data):
+            break
+        try:
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+        except Exception:  # a damaged record: drop it and what follows
+            break
+        if event.HasField("summary") and event.step > step:
+            changed = True
+        else:
+            kept.append(data[offset:end])
+        offset = end
+    if changed or offset != len(data):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(b"".join(kept))
+        os.replace(tmp, path)

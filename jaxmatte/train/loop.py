@@ -13,6 +13,19 @@ teacher pretraining) runs once before the first step (`Trainer.prepare`).
 A step is one micro-batch; an optimizer update happens every `optim.accum_steps` steps. Validation runs at the end of
 every epoch (or every `train.val_every` steps) on the validation split: predictions are restored to each image's
 original size, quantised to uint8 and scored at the ground truth's resolution.
+
+Reliability:
+
+- Non-finite steps (loss, gradient norm or the resulting state not finite) change nothing when
+  `optim.skip_nonfinite` is on (the default; `train_state.train_step`); they are counted (``skipped`` in
+  ``train.csv``, ``train/skipped`` in TensorBoard, the progress bar) and reported once per streak. After
+  `train.max_nonfinite_steps` in a row (0: never) the run stops with `NonFiniteError`, checked at each logging
+  point. Checkpoints and exports are never written from a non-finite state.
+- Resuming checks the workdir's ``config.json`` first: another model (or a train state of another shape, e.g. a
+  changed ``optim.accum_steps``) fails with `ResumeError` naming the fields and leaves the workdir alone; other
+  changes (lr, epochs, ...) are logged as a warning and take effect. Logs are cut back to the restored step.
+- SIGTERM / SIGINT make the loop save a checkpoint after the current step and raise `Interrupted` (a second SIGINT
+  interrupts at once). Exports are atomic (`jaxmatte.train.checkpoint.export`).
 """
 
 from __future__ import annotations
@@ -20,6 +33,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,21 +44,91 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxmatte import outputs, registry, validation
+from jaxmatte import outputs, pretrained, registry, validation
 from jaxmatte.data import ImageReadError, open_folders, write_synthetic_dis, write_synthetic_matting
 from jaxmatte.data.composition import write_synthetic_composition
 from jaxmatte.data.pipeline import batches_per_epoch, make_dataset, make_iterator
 from jaxmatte.data.transforms import Augment, ResizePolicy
 from jaxmatte.train import state as train_state
-from jaxmatte.train.checkpoint import RunCheckpoints, export, export_info
-from jaxmatte.train.config import apply_override, default_workdir, load_config, merge_overrides, resolve_config_path
-from jaxmatte.train.logs import RunLog, sample_grid
+from jaxmatte.train.checkpoint import RunCheckpoints, export, export_info, recover_export
+from jaxmatte.train.config import (
+    apply_override,
+    changed_settings,
+    config_settings,
+    default_workdir,
+    flat_settings,
+    load_config,
+    merge_overrides,
+    model_differences,
+    resolve_config_path,
+)
+from jaxmatte.train.logs import RunLog, sample_grid, truncate_logs
 from jaxmatte.train.mesh import data_mesh, replicate, shard_batch
 from jaxmatte.train.warm_start import warm_start
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "apply_override", "default_workdir", "due", "load_config", "resolve_config_path", "run"]
+__all__ = [
+    "Interrupted",
+    "NonFiniteError",
+    "ResumeError",
+    "Trainer",
+    "TrainingError",
+    "apply_override",
+    "default_workdir",
+    "due",
+    "load_config",
+    "resolve_config_path",
+    "run",
+]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message (one line) says why and what to do."""
+
+
+class NonFiniteError(TrainingError):
+    """Too many non-finite steps in a row, or a non-finite state about to be exported."""
+
+
+class ResumeError(TrainingError):
+    """A workdir's checkpoints do not fit the config (another model or train state)."""
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGTERM / SIGINT after saving a checkpoint at `step`."""
+
+    def __init__(self, signum: int, step: int, workdir: Path):
+        self.signum, self.step = signum, step
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step}; checkpoint saved in {workdir}; rerun to resume")
+
+
+class StopSignals:
+    """Within `with`: the first SIGTERM / SIGINT only sets `signum` (the loop saves and stops); a second SIGINT
+    raises KeyboardInterrupt at once. Handlers are installed in the main thread only."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
 
 def due(step: int, every: int, *, epoch_end: bool) -> bool:
@@ -57,7 +142,8 @@ def due(step: int, every: int, *, epoch_end: bool) -> bool:
 
 
 class SkippingSource:
-    """A source whose unreadable records are reported (logged with the file) and replaced by the next readable one."""
+    """A source whose unreadable records (or records whose image and mask differ in size) are reported once (logged
+    with the file) and replaced by the next readable one."""
 
     def __init__(self, source: Any):
         self.source = source
@@ -70,12 +156,23 @@ class SkippingSource:
         for offset in range(len(self.source)):
             candidate = (index + offset) % len(self.source)
             try:
-                return self.source[candidate]
+                return _checked(self.source[candidate])
             except (ImageReadError, OSError) as err:
                 if candidate not in self.skipped:
                     self.skipped.add(candidate)
                     logger.warning("skipping unreadable training record %d: %s", candidate, err)
         raise RuntimeError("no record of the training set can be read")
+
+
+def _checked(record: dict[str, Any]) -> dict[str, Any]:
+    """`record`, unless its image and mask (when it has both) differ in size."""
+    image, mask = record.get("image"), record.get("mask")
+    if isinstance(image, np.ndarray) and isinstance(mask, np.ndarray) and image.shape[:2] != mask.shape[:2]:
+        name = record.get("name", "?")
+        raise ImageReadError(
+            name, f"image is {image.shape[1]}x{image.shape[0]} but its mask {mask.shape[1]}x{mask.shape[0]}"
+        )
+    return record
 
 
 class Subset:
@@ -152,7 +249,10 @@ class Trainer:
         self.system = registry.system(config.model.family)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        self.checkpoints = RunCheckpoints(self.workdir, max_to_keep=int(config.train.max_to_keep))
+        changes = self._check_resume(config) if self.checkpoints.latest_step() is not None else []
+        for name in ("best", "last"):
+            recover_export(self.workdir / name)
         self.mesh = data_mesh(devices)
         num_devices = self.mesh.devices.size
         self.batch_size = int(config.optim.batch_size)
@@ -176,6 +276,11 @@ class Trainer:
         if data.val_limit > 0:
             self.val_source = Subset(self.val_source, range(min(int(data.val_limit), len(self.val_source))))
         self.steps_per_epoch = batches_per_epoch(len(self.train_source), self.batch_size, train=True)
+        if self.steps_per_epoch == 0:
+            raise TrainingError(
+                f"the training set ({', '.join(self.train_roots)}) has {len(self.train_source)} usable record(s), "
+                f"fewer than optim.batch_size {self.batch_size} (left-out files are listed above)"
+            )
         self.total_steps = int(config.train.steps) or int(config.optim.epochs) * self.steps_per_epoch
         self.augment = None
         if data.augment:
@@ -191,11 +296,10 @@ class Trainer:
             augment=self.augment,
             fields=self.fields,
         )
-        self.iterator = make_iterator(dataset, workers=int(data.workers))
+        self.iterator = make_iterator(dataset, workers=int(data.workers), prefetch=int(data.get("prefetch", 4)))
 
         self.model_config = train_state.model_config(config)
         model = train_state.build_model(config, self.model_config)
-        self.checkpoints = RunCheckpoints(self.workdir, max_to_keep=int(config.train.max_to_keep))
         fresh = self.checkpoints.latest_step() is None
         if fresh:
             warm_start(model, config)
@@ -210,13 +314,67 @@ class Trainer:
         self.best: float | None = None
         self.last_val: dict[str, float] = {}
         self.history: dict[int, dict[str, float]] = {}
+        self.skip_nonfinite = bool(config.optim.skip_nonfinite)
+        self.skipped = 0  # non-finite steps of the run (resumed runs included)
+        self.streak = 0  # of them, the latest in a row
 
-        restored = self.checkpoints.restore_latest(self.state, self.iterator)
-        if restored is not None:
-            self.step, self.state, record = restored
-            self.best = record.get("best")
-            self.last_val = record.get("last_val", {})
-            logger.info("resumed %s at step %d", self.workdir, self.step)
+        if not fresh:
+            self._restore(changes)
+        truncate_logs(self.workdir, self.step)
+        tmp = self.workdir / ".config.json.tmp"
+        tmp.write_text(config.to_json_best_effort(indent=2) + "\n")
+        tmp.replace(self.workdir / "config.json")
+
+    def _check_resume(self, config: ml_collections.ConfigDict) -> list[str]:
+        """The settings changed since the workdir's ``config.json``; `ResumeError` when the model changed."""
+        path = self.workdir / "config.json"
+        try:
+            previous = flat_settings(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return []
+        differences = model_differences(config, previous)
+        if differences:
+            raise ResumeError(
+                f"cannot resume {self.workdir}: its checkpoints hold another model ({'; '.join(differences)}); "
+                "use the settings of its config.json or another --workdir"
+            )
+        return changed_settings(previous, config_settings(config))
+
+    def _restore(self, changes: list[str]) -> None:
+        step = self.checkpoints.latest_step()
+        mismatch = self.checkpoints.mismatch(step, self.state)
+        changed = f"; changed settings: {'; '.join(changes)}" if changes else ""
+        if mismatch:
+            shown = "; ".join(mismatch[:3]) + (f"; ... {len(mismatch) - 3} more" if len(mismatch) > 3 else "")
+            raise ResumeError(
+                f"cannot resume {self.workdir}: the train state of its checkpoint (step {step}) has another shape "
+                f"({shown}){changed}; use the settings of its config.json or another --workdir"
+            )
+        try:
+            self.step, self.state, record = self.checkpoints.restore_latest(self.state, self.iterator)
+        except Exception as err:  # noqa: BLE001 - tensorstore, Orbax metadata and grain failures alike
+            earlier = [s for s in self.checkpoints.all_steps() if s < step]
+            advice = (
+                f"; to resume from step {earlier[-1]} instead, remove {self.checkpoints.directory / str(step)}"
+                if earlier
+                else ""
+            )
+            raise ResumeError(
+                f"cannot resume {self.workdir}: its checkpoint of step {step} cannot be read "
+                f"({pretrained.orbax_problem(err)}){changed}{advice}"
+            ) from err
+        self.best = record.get("best")
+        self.last_val = record.get("last_val", {})
+        self.skipped = int(record.get("skipped", 0))
+        self.streak = 0 if changes else int(record.get("nonfinite_streak", 0))  # new settings: a fresh count
+        logger.info("resumed %s at step %d", self.workdir, self.step)
+        if changes:
+            logger.warning(
+                "resuming %s with changed settings, which apply from step %d on (learning-rate schedule included): %s",
+                self.workdir,
+                self.step,
+                "; ".join(changes),
+            )
 
     def _set_model(self, model: Any) -> None:
         self.graphdef, state = train_state.init_state(model, self.tx)
@@ -251,7 +409,10 @@ class Trainer:
         return flat
 
     def train(self, until: int | None = None) -> dict[int, dict[str, float]]:
-        """Train up to micro-batch `until` (default: the end); returns the loss terms of the steps run now."""
+        """Train up to micro-batch `until` (default: the end); returns the loss terms of the steps run now.
+
+        Raises `NonFiniteError` after `train.max_nonfinite_steps` non-finite steps in a row and `Interrupted` after
+        SIGTERM / SIGINT (a checkpoint saved first)."""
         config, t = self.config, self.config.train
         self.prepare()
         until = self.total_steps if until is None else min(until, self.total_steps)
@@ -259,48 +420,108 @@ class Trainer:
         ran: dict[int, dict[str, float]] = {}
         pending: list[tuple[int, Any]] = []
         try:
-            if self.step == 0 and t.val_at_start and not (self.workdir / "val.csv").exists():
-                self.validate(log)
-            while self.step < until:
-                batch = shard_batch(next(self.iterator), self.mesh)
-                self.state, terms = train_state.train_step(self.graphdef, self.tx, self.loss, self.state, batch)
-                self.step += 1
-                pending.append((self.step, terms))
-                log.advance()
-                epoch_end = self.step % self.steps_per_epoch == 0
-                if epoch_end and config.optim.drop_partial_accumulation:
-                    self.state = self.state._replace(opt=train_state.drop_partial_accumulation(self.state.opt))
-                if due(self.step, int(t.log_every), epoch_end=True) or epoch_end or self.step == until:
-                    self._log_pending(log, pending, ran)
-                if due(self.step, int(t.val_every), epoch_end=epoch_end) or self.step == self.total_steps:
+            with StopSignals() as stop:
+                if self.step == 0 and t.val_at_start and not (self.workdir / "val.csv").exists():
                     self.validate(log)
-                if due(self.step, int(t.checkpoint_every), epoch_end=epoch_end) or self.step == until:
-                    self.save()
-            if self.step >= self.total_steps:
-                self.export("last")
-                log.message(f"done: {self.step} steps; exported {self.workdir / 'last'}")
-                if self.system.finish is not None:
-                    self.system.finish(self)
-            log.plot(t.best_metric)
+                while self.step < until:
+                    batch = shard_batch(next(self.iterator), self.mesh)
+                    self.state, terms = train_state.train_step(
+                        self.graphdef, self.tx, self.loss, self.state, batch, skip_nonfinite=self.skip_nonfinite
+                    )
+                    self.step += 1
+                    pending.append((self.step, terms))
+                    log.advance()
+                    epoch_end = self.step % self.steps_per_epoch == 0
+                    if epoch_end and config.optim.drop_partial_accumulation:
+                        self.state = self.state._replace(opt=train_state.drop_partial_accumulation(self.state.opt))
+                    log_now = due(self.step, int(t.log_every), epoch_end=True) or epoch_end or self.step == until
+                    val_now = due(self.step, int(t.val_every), epoch_end=epoch_end) or self.step == self.total_steps
+                    save_now = due(self.step, int(t.checkpoint_every), epoch_end=epoch_end) or self.step == until
+                    if log_now or val_now or save_now or stop.signum:
+                        self._collect(log, pending, ran)
+                    if log_now:
+                        self._log_train(log, ran[self.step])
+                    if val_now:
+                        self.validate(log)
+                    if save_now or stop.signum:
+                        log.flush()
+                        self.save()
+                    if stop.signum:
+                        interrupted = Interrupted(stop.signum, self.step, self.workdir)
+                        log.message(str(interrupted))
+                        raise interrupted
+                if self.step >= self.total_steps:
+                    self.export("last")
+                    log.message(f"done: {self.step} steps; exported {self.workdir / 'last'}")
+                    if self.system.finish is not None:
+                        self.system.finish(self)
+                log.plot(t.best_metric)
         finally:
             log.close()
-        self.history.update(ran)
+            self.history.update(ran)
         return ran
 
-    def _log_pending(self, log: RunLog, pending: list[tuple[int, Any]], ran: dict[int, dict[str, float]]) -> None:
-        for step, values in jax.device_get(pending):
-            ran[step] = {key: float(value) for key, value in values.items()}
-            if not all(math.isfinite(v) for v in ran[step].values()):
-                log.message(f"step {step}: non-finite loss terms {ran[step]}")
-        lr = train_state.learning_rate(self.config.optim, self.steps_per_epoch, self.step - 1)
-        log.train(self.step, self.epoch, lr, self.batch_size, ran[self.step])
+    def _collect(self, log: RunLog, pending: list[tuple[int, Any]], ran: dict[int, dict[str, float]]) -> None:
+        """Fetch the terms of the steps run since the last call, count non-finite ones; `NonFiniteError` at
+        `train.max_nonfinite_steps` in a row."""
+        limit = int(self.config.train.get("max_nonfinite_steps", 0))
+        fetched = jax.device_get(pending)
         pending.clear()
+        for step, values in fetched:
+            terms = ran[step] = {key: float(value) for key, value in values.items()}
+            if terms.get("nonfinite", 0.0) == 0.0:
+                if self.streak:
+                    log.message(f"step {step}: finite again after {self.streak} non-finite step(s)")
+                self.streak = 0
+                continue
+            self.skipped += 1
+            self.streak += 1
+            if self.streak == 1:
+                action = "skipped" if self.skip_nonfinite else "applied anyway (optim.skip_nonfinite=False)"
+                log.message(f"step {step}: non-finite {_described(terms)}; update {action}")
+            if limit and self.streak >= limit:
+                self._log_train(log, terms, step)
+                latest = self.checkpoints.latest_step()
+                kept = f"newest checkpoint: step {latest}" if latest is not None else "no checkpoint yet"
+                state = "the state kept its last finite values" if self.skip_nonfinite else "the state is not finite"
+                raise NonFiniteError(
+                    f"stopped at step {step}: {self.streak} non-finite steps in a row ({_described(terms)}); "
+                    f"{state} ({kept}); lower optim.lr or check the data "
+                    "(train.max_nonfinite_steps sets the limit, 0 = never stop)"
+                )
+
+    def _log_train(self, log: RunLog, terms: dict[str, float], step: int | None = None) -> None:
+        step = self.step if step is None else step
+        lr = train_state.learning_rate(self.config.optim, self.steps_per_epoch, step - 1)
+        log.train(step, step // self.steps_per_epoch, lr, self.batch_size, terms, skipped=self.skipped)
+
+    def finite(self) -> bool:
+        """Whether every floating-point value of the train state is finite."""
+        return bool(train_state.all_finite(self.state))
 
     def save(self) -> None:
-        record = {"step": self.step, "best": self.best, "last_val": self.last_val, "time": time.time()}
+        if not self.finite():
+            logger.warning(
+                "not saving a checkpoint at step %d: the train state is not finite (newest checkpoint: step %s)",
+                self.step,
+                self.checkpoints.latest_step(),
+            )
+            return
+        record = {
+            "step": self.step,
+            "best": self.best,
+            "last_val": self.last_val,
+            "time": time.time(),
+            "skipped": self.skipped,
+            "nonfinite_streak": self.streak,
+        }
         self.checkpoints.save(self.step, self.state, self.iterator, record)
 
     def export(self, name: str) -> Path:
+        if not self.finite():
+            raise NonFiniteError(
+                f"refusing to export {self.workdir / name}: the train state at step {self.step} is not finite"
+            )
         model = train_state.merged_model(self.graphdef, jax.device_get(self.state))
         info = export_info(self.config, self.step, self.last_val)
         return export(model, self.model_config, self.workdir / name, info)
@@ -319,6 +540,13 @@ class Trainer:
     def validate(self, log: RunLog | None = None) -> dict[str, float]:
         """The system's validation suite at the original resolution; exports ``best/`` on improvement."""
         t = self.config.train
+        if not self.finite():
+            message = f"step {self.step}: validation skipped, the train state is not finite"
+            if log is not None:
+                log.message(message)
+            else:
+                logger.warning(message)
+            return {}
         dataset = make_dataset(
             self.val_source, self.policy, train=False, batch_size=self.val_batch_size, fields=self.fields
         )
@@ -354,6 +582,10 @@ class Trainer:
         close = getattr(self.iterator, "close", None)
         if close is not None:
             close()
+
+
+def _described(terms: dict[str, float]) -> str:
+    return f"loss {terms.get('total', math.nan):.4g}, gradient norm {terms.get('grad_norm', math.nan):.4g}"
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Trainer:

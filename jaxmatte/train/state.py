@@ -25,6 +25,7 @@ from jaxmatte.train.config import base_config, customised_backbone, model_config
 
 __all__ = [
     "TrainState",
+    "all_finite",
     "base_config",
     "build_model",
     "compute_dtype",
@@ -142,7 +143,7 @@ def _schedule(optim_values: tuple, steps_per_epoch: int, accum: int) -> optax.Sc
 
 @functools.lru_cache(maxsize=16)
 def _optimizer(
-    schedule_values, steps_per_epoch, wd, b1, b2, eps, clip, accum, skip_nonfinite, decay_on, layers, clip_value, pre
+    schedule_values, steps_per_epoch, wd, b1, b2, eps, clip, accum, decay_on, layers, clip_value, pre
 ) -> optax.GradientTransformation:
     schedule = _schedule(schedule_values, steps_per_epoch, accum)
     mask = param_groups.decay_mask if decay_on == "matrices" else None
@@ -154,8 +155,6 @@ def _optimizer(
         tx = optax.chain(optax.clip(clip_value), tx)
     if pre is not None:
         tx = optax.chain(pre, tx)
-    if skip_nonfinite:
-        tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
     return tx
@@ -177,7 +176,8 @@ def make_optimizer(
     ``lr_layers = (layer_of, top)``.
 
     One call per micro-batch; an update is applied every `accum_steps` micro-batches. The same settings return the
-    same object (so jitted steps are reused).
+    same object (so jitted steps are reused). Non-finite steps are not the optimizer's business: `train_step` skips
+    them as a whole (`optim.skip_nonfinite`).
     """
     accum = int(optim.accum_steps)
     if accum < 1:
@@ -202,7 +202,6 @@ def make_optimizer(
         float(optim.eps),
         float(optim.clip_norm),
         accum,
-        bool(optim.skip_nonfinite),
         decay_on,
         layers,
         float(optim.get("clip_value", 0.0)),
@@ -270,9 +269,27 @@ def compute_loss(loss: Any, model: nnx.Module, batch: dict[str, jax.Array]) -> t
     return loss(model, batch)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
-def train_step(graphdef, tx, loss: Any, state: TrainState, batch: dict[str, jax.Array]):
-    """One micro-batch: loss, gradients of the trainable parameters, optax update. Returns (state, terms)."""
+def _finite_leaves(tree: Any) -> jax.Array:
+    """Whether every floating-point leaf of `tree` is finite (a scalar bool)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point array of `tree` (a train state, parameters) is finite."""
+    return _finite_leaves(tree)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("skip_nonfinite",), donate_argnums=(3,))
+def train_step(graphdef, tx, loss: Any, state: TrainState, batch: dict[str, jax.Array], skip_nonfinite: bool = True):
+    """One micro-batch: loss, gradients of the trainable parameters, optax update. Returns (state, terms).
+
+    A step is non-finite when its loss, its gradient norm or the state it produces (parameters, BatchNorm statistics)
+    is not finite; ``terms["nonfinite"]`` is then 1. With `skip_nonfinite` such a step leaves the whole state as it
+    was (parameters, optimizer state with any partial accumulation, the rest of the model state), so the next
+    micro-batch takes its place.
+    """
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.rest, copy=True)
@@ -280,11 +297,16 @@ def train_step(graphdef, tx, loss: Any, state: TrainState, batch: dict[str, jax.
         _, _, rest = split_model(model)
         return total, (terms, rest)
 
-    (_, (terms, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (total, (terms, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
     updates, opt = tx.update(grads, state.opt, state.params)
     params = optax.apply_updates(state.params, updates)
-    terms = {**terms, "grad_norm": optax.tree.norm(grads)}
-    return TrainState(params, rest, opt), terms
+    new = TrainState(params, rest, opt)
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & _finite_leaves((params, rest))
+    if skip_nonfinite:
+        new = jax.lax.cond(finite, lambda: new, lambda: state)
+    terms = {**terms, "grad_norm": grad_norm, "nonfinite": jnp.logical_not(finite).astype(jnp.float32)}
+    return new, terms
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

@@ -170,7 +170,7 @@ def train_teacher(trainer: Any, teacher: Any, safe_size: int, directory: Path) -
         append_csv(csv_path, {"step": step, **terms})
         logger.info("teacher step %d/%d: loss %.4f, IoU %.4f", step, recipe.steps, terms["total"], terms["iou"])
 
-    batches = make_iterator(dataset, workers=int(config.data.workers))
+    batches = make_iterator(dataset, workers=int(config.data.workers), prefetch=int(config.data.get("prefetch", 4)))
     try:
         val_terms = teacher_lib.pretrain(
             teacher,
