@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo port-demo test lint bench install-check
+.PHONY: setup demo port-demo test lint bench bench-gpu install-check
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/backbones.py
 	$(BIN)/python bench/metrics.py
+
+# On a GPU machine: JAX's CUDA build (the gpu extra) beside the dev install, then the one-run GPU benchmark.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[gpu]'
+	$(BIN)/python bench/gpu.py
 
 # A plain `pip install .` (no extras) in a fresh venv must run the library and the scripts; the installed copy is
 # imported (`-P`: the source tree is not on sys.path). pip's cache makes repeated runs cheap.

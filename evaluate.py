@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxmatte.cli import (
+    DeviceError,
     add_max_pixels_argument,
     add_predictor_arguments,
     apply_max_pixels,
@@ -66,6 +67,7 @@ from jaxmatte.cli import (
     non_negative_int,
     output_problem,
     positive_int,
+    select_device,
 )
 from jaxmatte.data.trimaps import DEFAULT_UNKNOWN_BAND
 from jaxmatte.evaluation import (
@@ -432,8 +434,9 @@ def run_model_mode(args: argparse.Namespace) -> int:
     from jaxmatte.evaluation import evaluate_folder  # JAX starts with the predictor
 
     try:
+        print(select_device(args.device))
         predictor = make_predictor(args, resize_policy=kind, input_size=size)
-    except (FileNotFoundError, ValueError) as exc:
+    except (DeviceError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     description = {**predictor.describe(), "precision": args.precision}

@@ -2,17 +2,28 @@
 
     python predict.py INPUT [INPUT ...] --checkpoint DIR --output OUT [--format alpha,rgba,composite]
         [--background R,G,B] [--precision fp32|bf16] [--batch-size N] [--recursive]
-        [--resize stretch|letterbox] [--input-size S] [--quantization round|truncate]
+        [--resize stretch|letterbox] [--input-size S] [--quantization round|truncate] [--high-res [--tile N]]
     python predict.py INPUT ... --checkpoint SEGTRIMAP_DIR --mask-dir MASKS --output OUT [--format trimap,overlay]
     python predict.py INPUT ... --checkpoint DIM_DIR --trimap-dir TRIMAPS --output OUT
     python predict.py INPUT ... --checkpoint DIM_DIR --trimap-model SEGTRIMAP_DIR --mask-dir MASKS --output OUT
         [--save-trimaps DIR]
+    python predict.py CLIP.mp4 [IMAGES ...] --checkpoint DIR --output OUT [--format alpha,rgba,composite]
+        [--video-output video|frames] [--foreground estimate|none]
 
 INPUT: an image file, a folder (its images; with `--recursive` also those in subfolders, whose relative paths are kept
 under OUT), or a glob pattern (quote it). `--checkpoint`: a converted directory (`port/convert.py`) or a training
 workdir (its best/, else last/ checkpoint). The geometry and quantisation recorded in the checkpoint are used unless
 overridden. Outputs per image: `<stem>.png` (alpha), `<stem>_rgba.png` (the image with the alpha as its alpha
 channel), `<stem>_composite.png` (the image over `--background`), each at the image's original size.
+The colours of `_rgba` and `_composite` are the estimated foreground (`jaxmatte.foreground`: the old background's
+colour removed from semi-transparent pixels such as hair); `--foreground none` keeps the image's own colours.
+Video files (.mp4, .mov, .mkv, .webm, .avi; named as files or glob matches, not taken from folders; PyAV needed) are
+read as streams of frames in batches and written at their frame rate as `<stem>_alpha.mkv` (lossless grayscale FFV1),
+`<stem>_rgba.mov` (QuickTime Animation with alpha) and `<stem>_composite.mp4` (H.264), or with `--video-output frames`
+as PNG sequences `<stem>/alpha/000000.png`, `<stem>/rgba/...`, `<stem>/composite/...` (`jaxmatte.data.video`).
+`--high-res` (TSR-Matte): the coarse stage runs at the checkpoint's input size as usual, the refiner at the photo's
+full resolution in overlapping `--tile` x `--tile` windows blended without seams (`jaxmatte.highres`); models
+without a separate refine stage refuse it.
 Trimap models (SegTrimap) read each image's coarse object mask from `--mask-dir`, matched by stem (any image format;
 0 / 1 masks as is, others binarised at >= 30; a mask of another size is resized with nearest neighbour) and write
 `<stem>.png` (the trimap: 0 background, 128 unknown, 255 foreground) and `<stem>_overlay.png` (the class colours over
@@ -47,6 +58,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmatte.cli import (
+    DeviceError,
     add_max_pixels_argument,
     add_predictor_arguments,
     apply_max_pixels,
@@ -54,16 +66,24 @@ from jaxmatte.cli import (
     exit_status,
     make_predictor,
     output_problem,
+    positive_int,
+    select_device,
 )
+from jaxmatte.data import video as video_io
 from jaxmatte.data.io import IMAGE_SUFFIXES, ImageReadError, list_images, scan_images, write_png
+from jaxmatte.data.video import VIDEO_SUFFIXES, is_video
 
 FORMATS = ("alpha", "rgba", "composite", "trimap", "overlay")
 KIND_FORMATS = {"alpha": ("alpha", "rgba", "composite"), "trimap": ("trimap", "overlay")}
 SUFFIXES = {"alpha": "", "rgba": "_rgba", "composite": "_composite", "trimap": "", "overlay": "_overlay"}
 EXAMPLES = """examples:
   python predict.py photos/ --checkpoint ckpt/tsr_base --output out/
+  python predict.py portrait.jpg --checkpoint ckpt/tsr_base --output out/ --format rgba,composite --foreground none
+  python predict.py clip.mp4 --checkpoint ckpt/tsr_base --output out/ --format alpha,rgba,composite --batch-size 4
+  python predict.py "takes/*.mov" --checkpoint ckpt/tsr_base --output out/ --video-output frames
   python predict.py "shots/*.jpg" --checkpoint runs/tsr --output out/ --format alpha,rgba,composite
   python predict.py dataset/ --recursive --checkpoint runs/tsr --output out/ --batch-size 8 --precision bf16
+  python predict.py photos_4k/ --checkpoint ckpt/tsr_base --output out/ --high-res --tile 1024 --format alpha,rgba
   python predict.py images/ --checkpoint ckpt/segtrimap --mask-dir masks/ --output trimaps/ --format trimap,overlay
   python predict.py images/ --checkpoint ckpt/dim_pruned --trimap-dir trimaps/ --output alphas/ --max-pixels 50M
 
@@ -97,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("inputs", nargs="+", help="image or video files, folders (of images) or glob patterns")
     parser.add_argument("--checkpoint", type=Path, required=True, help="converted directory or training workdir")
     parser.add_argument("--output", type=Path, required=True, help="output folder")
     parser.add_argument(
@@ -119,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--background", type=colour, default=(255, 255, 255), help="composite background R,G,B (default: 255,255,255)"
     )
     parser.add_argument("--recursive", action="store_true", help="also read the subfolders of folder inputs")
+    parser.add_argument(
+        "--foreground",
+        choices=("estimate", "none"),
+        default="estimate",
+        help="colours of rgba / composite outputs: the estimated foreground (default) or the image's own",
+    )
+    parser.add_argument(
+        "--video-output",
+        choices=("video", "frames"),
+        default="video",
+        help="video inputs: write videos (default) or PNG sequences, one folder per format",
+    )
+    parser.add_argument(
+        "--high-res",
+        action="store_true",
+        help="coarse stage at the checkpoint's input size, refiner at each photo's full resolution in overlapping "
+        "tiles (TSR-Matte)",
+    )
+    parser.add_argument("--tile", type=positive_int, help="with --high-res: tile side in pixels (default 1024)")
     add_predictor_arguments(parser)
     add_max_pixels_argument(parser)
     return parser
@@ -150,7 +189,8 @@ def collect_inputs(
             found.append((path, Path(path.stem)))
         else:
             matches = sorted(Path(match) for match in glob.glob(text, recursive=recursive))
-            images = [match for match in matches if match.suffix.lower() in IMAGE_SUFFIXES and not match.is_dir()]
+            wanted = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
+            images = [match for match in matches if match.suffix.lower() in wanted and not match.is_dir()]
             files = [match for match in images if match.is_file()]
             links = [link for link in images if link not in files]
             unusable.extend(ImageReadError(link, "broken or looping symbolic link", "broken link") for link in links)
@@ -249,6 +289,41 @@ class Skips:
             self.add(image, f"{companion} {error.path}: {error.problem}", f"{error.kind} {companion}")
 
 
+def write_videos(
+    videos: Sequence[tuple[Path, Path]], predictor, chosen: Sequence[str], args: argparse.Namespace, skips: Skips
+) -> int:
+    """Matte each video (`jaxmatte.video.matte_video`) into `args.output`; returns how many were written. A video
+    that cannot be read, decoded or written, or that the model cannot take, is a skipped line."""
+    from jaxmatte.video import matte_video, unsupported
+
+    problem, written = unsupported(predictor), 0
+    owners: dict[Path, Path] = {}  # output file or folder -> the video it was written from
+    for path, stem in videos:
+        if problem is not None:
+            skips.add(path, problem, "unsupported")
+            continue
+        targets = video_io.targets(args.output, stem, chosen, args.video_output)
+        taken = next((target for target in targets if target in owners), None)
+        if taken is not None:
+            skips.add(path, f"name clash: {taken} is already written from {owners[taken]}", "name clash")
+            continue
+        bar = tqdm(desc=path.name, unit="frame", file=sys.stderr, disable=None, leave=False)
+        try:
+            options = {"background": args.background, "foreground": args.foreground, "mode": args.video_output}
+            matte_video(predictor, path, args.output, stem, chosen, **options, progress=bar)
+        except ImageReadError as error:
+            skips.add_error(error, path)
+            continue
+        except OSError as exc:
+            skips.add(path, f"cannot write {exc.filename or args.output} ({exc.strerror or exc})", "output blocked")
+            continue
+        finally:
+            bar.close()
+        owners.update(dict.fromkeys(targets, path))
+        written += 1
+    return written
+
+
 def usage_error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -273,19 +348,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         for link in unusable:
             print(f"skipped {link.path}: {link.problem}", file=sys.stderr)
         return usage_error("no readable input images")
+    videos = [item for item in items if is_video(item[0])]
+    items = [item for item in items if not is_video(item[0])]
+    if videos and not video_io.available():
+        return usage_error(video_io.INSTALL_HINT)
 
     for option, folder in (("--mask-dir", args.mask_dir), ("--trimap-dir", args.trimap_dir)):
         if folder is not None and not folder.is_dir():
             return usage_error(f"{folder}: {option} folder not found")
     if args.save_trimaps is not None and args.trimap_model is None:
         return usage_error("--save-trimaps needs --trimap-model")
+    if args.tile is not None and not args.high_res:
+        return usage_error("--tile needs --high-res")
     try:
-        predictor = make_predictor(args)  # JAX starts here, after the arguments are checked
+        print(select_device(args.device))  # JAX starts here, after the arguments are checked
+        predictor = make_predictor(args)
         trimap_predictor = None
         if args.trimap_model is not None:
             trimap_predictor = make_predictor(argparse.Namespace(**{**vars(args), "checkpoint": args.trimap_model}))
             check_chain(predictor, trimap_predictor)
-    except (FileNotFoundError, ValueError) as exc:
+    except (DeviceError, FileNotFoundError, ValueError) as exc:
         return usage_error(str(exc))
     allowed = KIND_FORMATS[predictor.output]
     chosen = args.format or allowed[:1]
@@ -293,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wrong:
         return usage_error(f"a {predictor.output} model writes {', '.join(allowed)}, not {', '.join(wrong)}")
     reader = trimap_predictor or predictor
-    total = len(items) + len(unusable)
+    total = len(items) + len(videos) + len(unusable)
     skips = Skips()
     companions = None
     what = "mask"
@@ -315,9 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = predictor.preprocessing
     geometry = f"{pre.policy.size}x{pre.policy.size}" if pre.policy.fixed_shape else f"pad to {pre.policy.size}"
     chain = f" <- trimaps of {trimap_predictor.directory}" if trimap_predictor is not None else ""
+    if predictor.high_res is not None:
+        geometry += f" + full-resolution refiner in {predictor.high_res.tile} px tiles"
     print(
         f"{predictor.directory} ({predictor.family}){chain}: {pre.policy.kind} {geometry}, {pre.quantization}, "
-        f"{args.precision}, batch {args.batch_size}; {total} images -> {args.output}"
+        f"{args.precision}, batch {args.batch_size}; {total} {'files' if videos else 'images'} -> {args.output}"
     )
     for error in [*unusable, *unmatched]:
         skips.add_error(error)
@@ -326,8 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if items:
         stems = {file: stem for file, stem in items}
         files = [file for file, _ in items]
+        estimate = args.foreground == "estimate" and any(name in chosen for name in ("rgba", "composite"))
+        floats = estimate and trimap_predictor is None  # float alphas where the model gives them
+        if estimate:
+            from jaxmatte.foreground import default_backend, foreground_uint8
+            from jaxmatte.predict import quantize
         if trimap_predictor is None:
-            results = predictor.predict_files(files, with_images=True, masks=companions)
+            results = predictor.predict_files(files, with_images=True, masks=companions, floats=floats)
         else:
             from jaxmatte.chain import TrimapToAlpha
 
@@ -343,8 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if taken is not None:
                 skips.add(path, f"name clash: {taken} is already written from {owners[taken]}", "name clash")
                 continue
+            colours = image
+            if estimate:
+                colours = foreground_uint8(image, result, backend=default_backend())
+                result = quantize(result, predictor.preprocessing.quantization) if floats else result
             try:
-                write_outputs(args.output, stems[path], result, image, chosen, args.background)
+                write_outputs(args.output, stems[path], result, colours, chosen, args.background)
                 if trimap and args.save_trimaps is not None:
                     write_outputs(args.save_trimaps, stems[path], trimap[0], image, ("trimap",), args.background)
             except OSError as exc:
@@ -353,8 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             owners.update(dict.fromkeys(targets, path))
             written += 1
+    written += write_videos(videos, predictor, chosen, args, skips)
 
-    summary = f"wrote {written} of {total} images to {args.output}"
+    summary = f"wrote {written} of {total} {'files' if videos else 'images'} to {args.output}"
     if skips.kinds:
         summary += f"; skipped {len(skips.kinds)}: {count_kinds(skips.kinds)}"
     print(summary)

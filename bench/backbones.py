@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import cpu_name  # noqa: E402
+from bench.machine import cpu_name, publish  # noqa: E402
 
 
 def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines += [f"| {n} | {p} | {b} | {tj:.0f} | {tt:.0f} | {r:.2f} |" for n, p, b, tj, tt, r in rows]
     table = "\n".join(lines)
-    print("\n" + table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    publish(table, args.out)
     return 0
 
 

@@ -18,3 +18,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores"
+
+
+def publish(table: str, out: Path | None) -> None:
+    """Print a results table and, with `out`, write it there (folders made)."""
+    print("\n" + table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table.rstrip("\n") + "\n")
+        print(f"\nwritten to {out}")

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import cpu_name  # noqa: E402
+from bench.machine import cpu_name, publish  # noqa: E402
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "alphamatting_training_lowres"
 
@@ -136,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "Largest |jaxmatte - pysodmetrics| per key: " + ", ".join(f"{k} {v:.1e}" for k, v in differences.items()),
     ]
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    publish(table, args.out)
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from jaxmatte.data.io import MAX_PIXELS_ENV, parse_max_pixels, set_max_pixels
 
 EXIT_OK, EXIT_SKIPPED, EXIT_FAILED = 0, 1, 2
+DEFAULT_READ_THREADS = min(4, os.cpu_count() or 1)  # predict / evaluate: image reading beside the model
 
 
 def exit_status(done: int, skipped: int) -> int:
@@ -31,6 +32,63 @@ def count_kinds(kinds: list[str]) -> str:
     for kind in kinds:
         counts[kind] = counts.get(kind, 0) + 1
     return ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items(), key=lambda item: -item[1]))
+
+
+DEVICES = ("auto", "cpu", "gpu")
+GPU_EXTRA = "pip install 'jaxmatte[gpu]'"
+
+
+class DeviceError(RuntimeError):
+    """The device asked for is not there (one line)."""
+
+
+def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where JAX runs: auto (a GPU when JAX finds one, else the CPU), cpu, or gpu (an error when none is "
+        "found; default: auto)",
+    )
+
+
+def select_device(choice: str = "auto") -> str:
+    """Make JAX run on `choice` and return the start-up line, e.g. ``device: gpu (NVIDIA H100 80GB HBM3) x1, jax
+    0.10.2``. Call it before anything starts JAX's backends: ``cpu`` then keeps them to the CPU (on a GPU machine
+    too); ``gpu`` raises `DeviceError` when JAX finds no GPU; ``auto`` leaves JAX's own choice ($JAX_PLATFORMS, else
+    a GPU when there is one). Imports JAX."""
+    if choice not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {choice!r}")
+    import jax
+
+    if choice == "cpu":
+        jax.config.update("jax_platforms", "cpu")  # takes effect when no backend has started yet
+        devices = jax.devices("cpu")
+        if jax.default_backend() != "cpu":  # backends were already up: make the CPU the default device
+            jax.config.update("jax_default_device", devices[0])
+    elif choice == "gpu":
+        try:
+            devices = jax.devices("gpu")
+        except RuntimeError:
+            found = ", ".join(sorted({device.platform for device in jax.devices()}))
+            raise DeviceError(
+                f"--device gpu: JAX finds no GPU (only {found}); install JAX's GPU build with {GPU_EXTRA}"
+            ) from None
+    else:
+        devices = jax.devices()
+    return device_line(devices)
+
+
+def device_line(devices: list[Any]) -> str:
+    """``device: PLATFORM (KIND) xN, jax VERSION`` for a list of JAX devices (the kind is left out where it only
+    repeats the platform, as on CPUs)."""
+    import jax
+
+    platform = devices[0].platform
+    kinds = sorted({str(device.device_kind) for device in devices} - {platform})
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    kind = f" ({', '.join(kinds)})" if kinds else ""
+    return f"device: {platform}{kind} x{len(devices)}{processes}, jax {jax.__version__}"
 
 
 def pixel_limit(text: str) -> int:
@@ -113,7 +171,8 @@ def non_negative_int(text: str) -> int:
 
 
 def add_predictor_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Options of a `jaxmatte.predict.Predictor`: precision, batch size and preprocessing overrides."""
+    """Options of a `jaxmatte.predict.Predictor`: device, precision, batch size and preprocessing overrides."""
+    add_device_argument(parser)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="compute precision")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default: 1)")
     parser.add_argument(
@@ -124,6 +183,13 @@ def add_predictor_arguments(parser: argparse.ArgumentParser | argparse._Argument
     )
     parser.add_argument(
         "--quantization", choices=("round", "truncate"), help="override the checkpoint's x255 quantisation"
+    )
+    parser.add_argument(
+        "--read-threads",
+        type=non_negative_int,
+        default=DEFAULT_READ_THREADS,
+        help="threads that read, decode and resize images while the model runs (0: in the main thread; default: "
+        "min(4, cores) = %(default)s)",
     )
 
 
@@ -139,4 +205,7 @@ def make_predictor(args: argparse.Namespace, *, resize_policy: str | None = None
         resize_policy=args.resize or resize_policy,
         input_size=args.input_size or input_size,
         quantization=args.quantization,
+        read_threads=args.read_threads,
+        high_res=getattr(args, "high_res", False),  # predict.py's --high-res / --tile
+        tile=getattr(args, "tile", None),
     )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from jaxmatte.data.transforms import ResizePolicy, to_uint8
-from jaxmatte.registry import OUTPUT_KINDS
+from jaxmatte.preprocessing import OUTPUT_KINDS
 
 KINDS = OUTPUT_KINDS
 TRIMAP_PNG_VALUES = np.array([0, 128, 255], dtype=np.uint8)

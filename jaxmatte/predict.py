@@ -36,7 +36,8 @@ original size before quantisation instead (e.g. for evaluators that score float 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -47,10 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmatte import outputs, pretrained, registry
+from jaxmatte import canvas, highres, outputs, pretrained, registry
 from jaxmatte.data.io import ImageReadError, read_image, read_mask
-from jaxmatte.data.transforms import Placement, ResizePolicy, resize_uint8, to_uint8
-from jaxmatte.data.trimaps import binarize_mask
+from jaxmatte.data.transforms import Placement, ResizePolicy, to_uint8
 from jaxmatte.preprocessing import Preprocessing
 from jaxmatte.pretrained import CONFIG_FILE, load_pretrained, read_config
 
@@ -117,7 +117,10 @@ class Predictor:
 
     `directory`: converted directory, `save_pretrained` directory or training workdir. `dtype`: compute dtype
     (parameters stay float32). `resize_policy` ('stretch' / 'letterbox'), `input_size` and `quantization`
-    ('round' / 'truncate') override what the directory records.
+    ('round' / 'truncate') override what the directory records. `high_res`: the coarse stage on the canvas and the
+    refine stage at each image's full resolution in `tile` x `tile` windows (`jaxmatte.highres`; systems with a
+    `System.high_res` split only, e.g. TSR-Matte). `read_threads`: threads that read, decode and prepare the files
+    of `predict_files` while the model runs (0: one after the other in the calling thread); the results are the same.
     """
 
     def __init__(
@@ -129,9 +132,16 @@ class Predictor:
         resize_policy: str | None = None,
         input_size: int | None = None,
         quantization: str | None = None,
+        high_res: bool = False,
+        tile: int | None = None,
+        read_threads: int = 0,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if read_threads < 0:
+            raise ValueError(f"read_threads must be >= 0, got {read_threads}")
+        if tile is not None and not high_res:
+            raise ValueError("tile is read in the high-resolution mode only (high_res=True)")
         self.directory = resolve_checkpoint(directory)
         self.family, self.config, self.info = read_config(self.directory)
         try:
@@ -144,6 +154,8 @@ class Predictor:
         unsupported = [name for name in self.system.inputs if name not in SUPPORTED_INPUTS]
         if unsupported:
             raise ValueError(f"{self.directory}: {self.family} needs inputs {unsupported} the predictor cannot feed")
+        if high_res and self.system.high_res is None:
+            raise ValueError(f"{self.directory}: {highres.unsupported(self.family)}")
         default = Preprocessing(size=int(getattr(self.config, "img_size", 1024)))
         try:
             recorded = Preprocessing.from_info(self.info, default=default)
@@ -152,10 +164,16 @@ class Predictor:
         self.preprocessing = recorded.replace(resize=resize_policy, size=input_size, quantization=quantization)
         self.dtype = dtype
         self.batch_size = batch_size
+        self.read_threads = read_threads
         self.model = load_pretrained(self.directory, dtype=dtype)
         self._graphdef, self._state = nnx.split(self.model)
         self._mean = np.asarray(self.preprocessing.mean, dtype=np.float32)
         self._std = np.asarray(self.preprocessing.std, dtype=np.float32)
+        self.high_res = None  # `jaxmatte.highres.TiledRefiner`: coarse stage on the canvas, refiner at full resolution
+        if high_res:
+            self.high_res = highres.TiledRefiner(
+                self.model, self.policy, self._mean, self._std, tile=tile or highres.DEFAULT_TILE
+            )
 
     @property
     def policy(self) -> ResizePolicy:
@@ -188,6 +206,7 @@ class Predictor:
             "family": self.family,
             "output": self.system.output,
             "dtype": jnp.dtype(self.dtype).name,
+            **({"high_res": self.high_res.describe()} if self.high_res is not None else {}),
             **self.preprocessing.describe(),
         }
 
@@ -195,35 +214,17 @@ class Predictor:
         """((canvas x 3 float32 normalised input[, canvas x 1 float32 companion]), placement) of an HxWx3 uint8 RGB
         image [and its HxW companion: the object mask ({0, 1} after `binarize_mask`) or the trimap (/ 255)]. A
         companion of another size is resized to the image's with nearest neighbour; both are placed nearest."""
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.dtype} {image.shape}")
-        canvas, placement = self.policy.image(image)
-        normalised = ((canvas.astype(np.float32) / np.float32(255.0) - self._mean) / self._std).astype(np.float32)
-        if self.companion is None:
-            return (normalised,), placement
-        if mask is None:
-            what = "object mask" if self.needs_mask else "trimap"
-            raise ValueError(f"{self.family} predicts from an image and its {what}; none given")
-        mask = np.asarray(mask)
-        if mask.dtype != np.uint8 or mask.ndim != 2:
-            raise ValueError(f"expected an HxW uint8 {self.companion}, got {mask.dtype} {mask.shape}")
-        values = binarize_mask(mask) if self.needs_mask else mask
-        if values.shape != image.shape[:2]:
-            values = resize_uint8(values, image.shape[:2], "nearest")
-        placed = resize_uint8(values, (placement.inner_height, placement.inner_width), "nearest")
-        companion = np.zeros(normalised.shape[:2], np.float32)
-        window = (
-            slice(placement.top, placement.top + placement.inner_height),
-            slice(placement.left, placement.left + placement.inner_width),
-        )
-        companion[window] = placed if self.needs_mask else placed.astype(np.float32) / np.float32(255.0)
-        return (normalised, companion[..., None]), placement
+        inputs, placement = canvas.prepare(self.preprocessing, image, self.companion, mask, family=self.family)
+        return inputs, placement if self.high_res is None else highres.hold_image(placement, image)
 
     def finish(self, prediction: np.ndarray, placement: Placement, *, floats: bool = False) -> np.ndarray:
         """HxW uint8 result at the original size (alpha, or trimap class ids) from an S x S[ x C] prediction. With
         `floats` (alpha systems only): the HxW float32 alpha at the original size before quantisation, unclipped;
-        ``quantize(result, preprocessing.quantization)`` of it is the uint8 result."""
+        ``quantize(result, preprocessing.quantization)`` of it is the uint8 result. In the high-resolution mode the
+        prediction is the coarse guidance and `placement` holds the image (`prepare`): the refiner runs here."""
+        if self.high_res is not None:
+            alpha = self.high_res.refine(prediction, placement)
+            return alpha if floats else quantize(alpha, self.preprocessing.quantization)
         if floats:
             self._check_floats()
             return self.policy.restore(prediction, placement)
@@ -269,9 +270,11 @@ class Predictor:
         the `ImageReadError`. With `with_images`, (path, result, RGB image or None). `masks`: the object mask (or
         trimap) file of each path (systems that read one). `floats`: results are the float32 alphas (`finish`).
 
-        Files are read one batch at a time; the next batch is read while the device works on the current one, so at
-        most two batches of decoded images are held (a lazy generator: nothing is read before it is iterated). A
-        file the preprocessing cannot take gives its `ImageReadError` too.
+        The next batch is read while the device works on the current one, so at most two batches of decoded images
+        are held (a lazy generator: nothing is read before it is iterated). With `read_threads`, a pool of that many
+        threads reads, decodes and prepares the files (OpenCV and PIL release the GIL), taking up each file as soon as
+        an earlier one has been handed out, within the same two batches; the forward passes, and so the results, are
+        those of the sequential reading. A file the preprocessing cannot take gives its `ImageReadError` too.
         """
         paths = [Path(path) for path in paths]
         if floats:
@@ -280,17 +283,28 @@ class Predictor:
             what = "an object mask" if self.needs_mask else "a trimap"
             raise ValueError(f"{self.family} needs {what} file per image (masks=)")
         mask_of = dict(zip(paths, masks, strict=True)) if self.companion is not None else {}
-        pending = None
-        for batch in _chunks(paths, self.batch_size):
-            loaded = [self._prepared(*self._checked(path, *_load(path, mask_of.get(path)))) for path in batch]
-            prepared = [(path, image, ready) for path, image, ready, _ in loaded if image is not None]
-            errors = {index: error for index, (*_, error) in enumerate(loaded) if error is not None}
-            dispatched = self._dispatch([item[2] for item in prepared]) if prepared else None
+
+        def read(index: int) -> tuple:
+            path = paths[index]
+            return self._prepared(*self._checked(path, *_load(path, mask_of.get(path))))
+
+        reader = _ReadAhead(read, len(paths), self.read_threads, limit=2 * self.batch_size)
+        try:
+            pending = None
+            for start in range(0, len(paths), self.batch_size):
+                batch = paths[start : start + self.batch_size]
+                loaded = [reader.take(index) for index in range(start, start + len(batch))]
+                prepared = [(path, image, ready) for path, image, ready, _ in loaded if image is not None]
+                errors = {index: error for index, (*_, error) in enumerate(loaded) if error is not None}
+                del loaded
+                dispatched = self._dispatch([item[2] for item in prepared]) if prepared else None
+                if pending is not None:
+                    yield from self._collect(*pending, with_images, floats, reader.release)
+                pending = (batch, errors, prepared, dispatched)
             if pending is not None:
-                yield from self._collect(*pending, with_images, floats)
-            pending = (batch, errors, prepared, dispatched)
-        if pending is not None:
-            yield from self._collect(*pending, with_images, floats)
+                yield from self._collect(*pending, with_images, floats, reader.release)
+        finally:
+            reader.close()
 
     def size_problem(self, path: str | os.PathLike, image: np.ndarray) -> ImageReadError | None:
         """The error of an image below the model's minimum side (`min_input_size`, native policy), else None."""
@@ -331,7 +345,8 @@ class Predictor:
             inputs = [prepared[i][0] for i in indices]
             inputs.extend([inputs[-1]] * (self.batch_size - len(inputs)))
             stacked = [jnp.asarray(np.stack(column)) for column in zip(*inputs, strict=True)]
-            started.append((indices, _infer(self._graphdef, self._state, *stacked)))
+            forward = _infer if self.high_res is None else self.high_res.coarse
+            started.append((indices, forward(self._graphdef, self._state, *stacked)))
         return started
 
     def _host(self, started: list[tuple[list[int], Any]], count: int) -> list[np.ndarray]:
@@ -357,26 +372,59 @@ class Predictor:
         outputs: list[tuple[list[int], Any]] | None,
         with_images: bool,
         floats: bool = False,
+        handed_out: Callable[[], None] | None = None,
     ) -> Iterator[tuple[Any, ...]]:
-        alphas = iter(self._finish_batch(outputs, [item[2] for item in prepared], floats) if prepared else [])
-        images = iter([item[1][0] for item in prepared])
+        """The results of one batch in order; `handed_out()` after each is taken. `prepared` is emptied: from then
+        on each decoded image is held only until its result is handed out."""
+        alphas = self._finish_batch(outputs, [item[2] for item in prepared], floats) if prepared else []
+        images = [item[1][0] for item in prepared]
+        prepared.clear()
+        alphas.reverse()
+        images.reverse()
         for index, path in enumerate(batch):
             if index in errors:
                 result: tuple[Any, ...] = (path, errors[index], None)
             else:
-                result = (path, next(alphas), next(images))
+                result = (path, alphas.pop(), images.pop())
             yield result if with_images else result[:2]
+            del result
+            if handed_out is not None:
+                handed_out()
 
 
-def _chunks(paths: Iterable[str | os.PathLike], size: int) -> Iterator[list[Path]]:
-    batch: list[Path] = []
-    for path in paths:
-        batch.append(Path(path))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+class _ReadAhead:
+    """`read(index)` for index 0 .. `count` - 1, taken in order (`take`). Without threads each is read when taken;
+    with a pool of `threads`, reads run ahead, at most `limit` of them read or being read and not yet `release`d (the
+    caller takes at most `limit` before releasing one)."""
+
+    def __init__(self, read: Callable[[int], Any], count: int, threads: int, limit: int):
+        self._read, self._count, self._limit = read, count, limit
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="jaxmatte-read") if threads and count else None
+        self._futures: dict[int, Future] = {}
+        self._submitted = self._held = 0
+        self._fill()
+
+    def take(self, index: int) -> Any:
+        if self._pool is None:
+            return self._read(index)
+        return self._futures.pop(index).result()
+
+    def release(self) -> None:
+        """One taken result is done with: another read may start."""
+        self._held -= 1
+        self._fill()
+
+    def close(self) -> None:
+        """Cancel the reads not started; wait for those running."""
+        if self._pool is not None:
+            self._futures.clear()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _fill(self) -> None:
+        while self._pool is not None and self._submitted < self._count and self._held < self._limit:
+            self._futures[self._submitted] = self._pool.submit(self._read, self._submitted)
+            self._submitted += 1
+            self._held += 1
 
 
 def _load(path: Path, mask: Path | None = None) -> tuple[tuple[np.ndarray, ...] | None, ImageReadError | None]:

@@ -23,6 +23,7 @@ RESAMPLES = ("cv2_linear", "pil_bilinear")  # pil_bilinear: PIL's BILINEAR filte
 MASK_RESAMPLES = ("nearest", "linear")  # ground truth on the canvas: binary masks nearest, soft alpha linear
 RESTORES = ("cv2_linear",)
 QUANTIZATIONS = ("round", "truncate")  # truncate: the original scripts' (p * 255).astype(uint8)
+OUTPUT_KINDS = ("alpha", "trimap")  # how a canvas output is read back: jaxmatte.outputs
 KEY = "preprocessing"
 LEGACY_LINEAR = "cv2.INTER_LINEAR"
 LEGACY_QUANTIZATION = {"x255, truncate to uint8": "truncate", "x255, round to nearest uint8": "round"}

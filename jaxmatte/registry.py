@@ -22,10 +22,11 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jaxmatte.preprocessing import OUTPUT_KINDS  # see jaxmatte.outputs
+
 _FAMILIES: dict[str, tuple[type, type]] = {}
 _SYSTEMS: dict[str, System] = {}
 _BACKBONE_MODULES = ("jaxmatte.backbones.swin", "jaxmatte.backbones.vit", "jaxmatte.backbones.dinov3")
-OUTPUT_KINDS = ("alpha", "trimap")  # see jaxmatte.outputs
 _discovered = False
 
 
@@ -91,6 +92,8 @@ class System:
     `finish(trainer)` runs once after a run's last step, when ``last/`` has been exported (e.g. DIM's pruning).
     `augment(run_config)` returns the training augmentation (a grain RandomMap on records at the original
     resolution) or None; when the hook itself is None the shared `Augment` of ``data.augmentation`` is used.
+    `high_res`: a `jaxmatte.highres.TwoStage` (coarse stage on the canvas, tile-able full-resolution refine stage and
+    its receptive-field halo) for the predictor's high-resolution mode, or None when the system has no such split.
     """
 
     name: str
@@ -113,6 +116,7 @@ class System:
     grad_transform: Callable[[Any], Any] | None = None
     open_split: Callable[[Any, Any, bool], Any] | None = None
     finish: Callable[[Any], None] | None = None
+    high_res: Any = None
 
     @property
     def config_cls(self) -> type:
@@ -160,6 +164,10 @@ def register_system(system: System) -> System:
         value = getattr(system, hook)
         if value is not None and not callable(value):
             problems.append(f"{hook} must be callable or None")
+    if system.high_res is not None and not all(
+        callable(getattr(system.high_res, part, None)) for part in ("coarse", "refine", "halo")
+    ):
+        problems.append("high_res must be None or have callable coarse, refine and halo (jaxmatte.highres.TwoStage)")
     if system.name in _SYSTEMS and _SYSTEMS[system.name] != system:
         problems.append("a different system is already registered under this name")
     if problems:

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from badinputs import SHAPE, Case, bomb_png, smooth, write_corpus, write_eval_corpus
 from PIL import Image, ImageFile, ImageOps
-from test_predict import SIZE, _load_script, tiny_tsr_model
+from scripts import load_script
+from test_predict import SIZE, tiny_tsr_model
 
 from jaxmatte import pretrained
 from jaxmatte.data import io as image_io
@@ -31,12 +32,12 @@ STRETCH_INFO = {
 
 @pytest.fixture(scope="module")
 def predict_cli():
-    return _load_script("predict")
+    return load_script("predict")
 
 
 @pytest.fixture(scope="module")
 def evaluate_cli():
-    return _load_script("evaluate")
+    return load_script("evaluate")
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ and `predict.py --trimap-dir`; sizes, FLOPs, pruning and the trimap -> alpha cha
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from dim_reference import (
 )
 from flax import nnx
 from PIL import Image
+from scripts import load_script
 
 from jaxmatte import load_pretrained, registry
 from jaxmatte.data.io import read_mask
@@ -39,13 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_CFG = (8, 6, 8, 7, 8, 8, 5, 8, 8, 9, 8, 8, 7, 9, 5, 7, 6, 1)
 SHAPES = {"odd": (45, 61), "tall": (70, 33), "even": (64, 96)}  # (H, W)
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli_dim", REPO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def converted(tmp_path: Path, model: torch.nn.Module, name: str, *, legacy: bool, extra: tuple = ()) -> Path:
@@ -212,7 +205,7 @@ def test_predict_cli_reproduces_the_original_alpha(tmp_path, pictures, student):
     model = perturb_(DIMModel_student(SMALL_CFG) if student else DIMModel(), seed=5 + student).eval()
     directory = converted(tmp_path, model, "ckpt", legacy=not student)
     out = tmp_path / "out"
-    predict = _load_script("predict")
+    predict = load_script("predict")
     args = [str(images), "--checkpoint", str(directory), "--trimap-dir", str(trimaps), "--output", str(out)]
     assert predict.main([*args, "--batch-size", "2"]) == 0
     spread = []
@@ -236,7 +229,7 @@ def test_predict_cli_reports_missing_trimaps_and_needs_them(tmp_path, pictures, 
     partial.mkdir()
     first = sorted(trimaps.iterdir())[0]
     (partial / first.name).write_bytes(first.read_bytes())
-    predict = _load_script("predict")
+    predict = load_script("predict")
     out = tmp_path / "out"
     base = [str(images), "--checkpoint", str(directory), "--output", str(out)]
     assert predict.main([*base, "--trimap-dir", str(partial)]) == 1  # the others have no trimap
@@ -306,7 +299,7 @@ def test_trimap_model_chain_feeds_dim(tmp_path, pictures):
         Image.fromarray(np.where(read_mask(path) >= 128, 255, 0).astype(np.uint8)).save(masks / path.name)
     segtrimap = segtrimap_converted(tmp_path, segtrimap_reference(2, "x4", seed=3), "1", "segtrimap")
     dim = converted(tmp_path, perturb_(DIMModel_student(SMALL_CFG), seed=8).eval(), "dim", legacy=False)
-    predict = _load_script("predict")
+    predict = load_script("predict")
     chained, saved, direct = tmp_path / "chained", tmp_path / "saved", tmp_path / "direct"
     base = [str(images), "--checkpoint", str(dim)]
     chain_args = ["--trimap-model", str(segtrimap), "--mask-dir", str(masks)]
@@ -360,7 +353,7 @@ def test_predict_cli_reproduces_the_original_alpha_on_real_images(tmp_path):
     directory = converted(tmp_path, model, "ckpt", legacy=True)
     out = tmp_path / "out"
     args = [str(images), "--checkpoint", str(directory), "--trimap-dir", str(trimaps), "--output", str(out)]
-    assert _load_script("predict").main(args) == 0
+    assert load_script("predict").main(args) == 0
     for path in sorted(images.iterdir()):
         image = np.asarray(Image.open(path).convert("RGB"))
         trimap = read_mask(trimaps / path.name)

@@ -6,7 +6,6 @@ truncated."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -15,6 +14,7 @@ import pytest
 import torch
 from dinomatte_reference import build_reference, export_state_dict
 from PIL import Image
+from scripts import load_script
 
 from jaxmatte.data.io import read_mask
 from port import convert
@@ -23,13 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"wide": (150, 260), "tall": (241, 97), "exact": (224, 224), "small": (61, 83)}  # (H, W)
 CASES = [("vit_small_patch16_dinov3", 2, "timm"), ("vit_small_patch16_dinov3", 2, "official")]
 CASES += [("vit_base_patch16_dinov3", 1, "timm"), ("vit_base_patch16_dinov3", 1, "official")]
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli_dinomatte", REPO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +79,7 @@ def test_convert_and_predict_match_the_original(model_name, depth, layout, image
     assert convert.main(["dinomatte", "--src", str(src), "--out", str(out_dir)]) == 0
 
     predictions = tmp_path / "alpha"
-    predict = _load_script("predict")
+    predict = load_script("predict")
     assert predict.main([str(images), "--checkpoint", str(out_dir), "--output", str(predictions)]) == 0
     reference.eval()
     spread = []

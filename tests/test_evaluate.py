@@ -1,7 +1,6 @@
 """evaluate.py and jaxmatte.evaluation on saved-prediction folders: pairing, skipped files, reports, matting rule."""
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from scripts import load_script
 
 from jaxmatte.data.io import read_image
 from jaxmatte.evaluation import (
@@ -38,10 +38,7 @@ PRED_SHAPE = (30, 40)
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evaluate")
 
 
 def blob_mask(rng: np.random.Generator, shape=GT_SHAPE) -> np.ndarray:

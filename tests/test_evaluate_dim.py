@@ -2,7 +2,6 @@
 8-bit predictions and DCP's numbers on the float ones, checked against the PyTorch reference model."""
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from jaxmatte.predict import Predictor, quantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dim_reference as ref  # noqa: E402
+from scripts import load_script
 
 from port.dim import convert_state_dict  # noqa: E402
 
@@ -32,10 +32,7 @@ OFFICIAL_KEYS = tuple(MATTING_KEYS)  # SAD, MSE, Grad, Conn
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("evaluate_dim_cli", REPO / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evaluate")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from scripts import load_script
 
 from jaxmatte.data.transforms import ResizePolicy
 from jaxmatte.data.trimaps import mask_from_alpha
@@ -21,10 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("evaluate_trimap_cli", REPO / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evaluate")
 
 
 def save(path: Path, array: np.ndarray) -> Path:

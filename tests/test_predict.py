@@ -4,7 +4,6 @@ A tiny TSR model (random weights) is saved once as a converted release (stretch,
 workdir (letterbox, rounding); outputs are compared bit for bit with independent NumPy / OpenCV pipelines.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from scripts import load_script
 
 from jaxmatte import pretrained
 from jaxmatte.backbones import swin
@@ -55,21 +55,14 @@ TRAINED_INFO = {
 SHAPES = {"colour": (37, 91), "gray": (120, 50), "rgba": (SIZE, SIZE), "palette": (33, 70), "deep": (45, 29)}
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def predict_cli():
-    return _load_script("predict")
+    return load_script("predict")
 
 
 @pytest.fixture(scope="module")
 def evaluate_cli():
-    return _load_script("evaluate")
+    return load_script("evaluate")
 
 
 def tiny_tsr_model():
@@ -245,6 +238,7 @@ def test_batch_size_invariance_and_formats(checkpoints, inputs, predict_cli, tmp
         out = tmp_path / f"batch{batch}"
         argv = [str(inputs), "--recursive", "--checkpoint", str(checkpoints["converted"]), "--output", str(out)]
         argv += ["--batch-size", str(batch), "--format", "alpha,rgba,composite", "--background", "0,128,255"]
+        argv += ["--foreground", "none"]  # the image's own colours (the estimated ones: tests/test_foreground.py)
         assert predict_cli.main(argv) == 1
         outputs[batch] = {path.relative_to(out): path.read_bytes() for path in sorted(out.rglob("*.png"))}
     assert len(outputs[1]) == 3 * 6 and outputs[1] == outputs[3]

@@ -6,7 +6,6 @@ original size, argmax)."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import torch
 from flax import nnx
 from PIL import Image
+from scripts import load_script
 from segtrimap_reference import ReferenceSegTrimap, mae_state_dict, perturb_, reference_trimap, save_original_checkpoint
 
 from jaxmatte import load_pretrained, registry
@@ -34,13 +34,6 @@ SMALL_NECK = (16, 32, 64, 128)
 WINDOW_ARGS = ["--window-size", "4", "--global-every", "2"]
 SHAPES = {"wide": (90, 151), "tall": (133, 61), "exact": (112, 112), "odd": (47, 75)}  # (H, W)
 CASES = list(itertools.product((1, 2), ("x1", "x2", "x4")))
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli_segtrimap", REPO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def reference(variant: int, upsample: str, seed: int = 0) -> ReferenceSegTrimap:
@@ -239,7 +232,7 @@ def test_predict_cli_reproduces_the_original_trimap(tmp_path, pictures, variant,
     scale = "1/255" if variant == 1 else "1"
     directory = converted(tmp_path, model, scale, "ckpt")
     out = tmp_path / "out"
-    predict = _load_script("predict")
+    predict = load_script("predict")
     code = predict.main(
         [
             str(images),
@@ -279,7 +272,7 @@ def test_predict_cli_reports_missing_masks(tmp_path, pictures):
     partial.mkdir()
     for mask in sorted(masks.iterdir())[:2]:
         (partial / mask.name).write_bytes(mask.read_bytes())
-    predict = _load_script("predict")
+    predict = load_script("predict")
     out = tmp_path / "out"
     assert (
         predict.main([str(images), "--checkpoint", str(directory), "--mask-dir", str(partial), "--output", str(out)])
@@ -329,7 +322,7 @@ def test_predict_cli_reproduces_the_original_trimap_on_real_images(tmp_path, var
     directory = converted(tmp_path, model, scale, "ckpt")
     out = tmp_path / "out"
     args = [str(images), "--checkpoint", str(directory), "--mask-dir", str(REALDATA / "alpha"), "--output", str(out)]
-    assert _load_script("predict").main(args) == 0
+    assert load_script("predict").main(args) == 0
     for stem in stems:
         image = np.asarray(Image.open(images / f"{stem}.png").convert("RGB"))
         mask01 = (read_mask(REALDATA / "alpha" / f"{stem}.png") >= 30).astype(np.uint8)

@@ -4,7 +4,6 @@ teacher, exact resume, and the export predicting from trimaps."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from scripts import load_script
 
 from jaxmatte import save_pretrained
 from jaxmatte.data.composition import write_synthetic_composition
@@ -166,9 +166,7 @@ def test_faithful_spkd_uses_the_last_pair_only(data_root, teacher_dir, tmp_path)
 
 
 def test_export_predicts_from_trimaps(retrain_run, data_root, tmp_path):
-    spec = importlib.util.spec_from_file_location("predict_cli_train_dim", ROOT / "predict.py")
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
+    predict = load_script("predict")
     images, trimaps = tmp_path / "images", tmp_path / "trimaps"
     images.mkdir()
     trimaps.mkdir()

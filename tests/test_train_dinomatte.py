@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from scripts import load_script
 
 from jaxmatte.data import write_synthetic_matting
 from jaxmatte.train import apply_override, load_config
@@ -92,13 +93,10 @@ def test_matting_validation_best_and_frozen_backbone(straight):
 def test_evaluate_checkpoint_with_matting_metrics(data_root, straight, tmp_path, capsys):
     """`evaluate.py --checkpoint WORKDIR --data ROOT --trimap-dir T`: the system's matting set over the unknown
     region, equal to a direct evaluation of the saved predictions."""
-    import importlib.util
 
     from jaxmatte.metrics.matting import matting_image_metrics, summarize_matting
 
-    spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "evaluate.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("evaluate")
     val = Path(data_root) / "val"
     out, preds = tmp_path / "eval.json", tmp_path / "preds"
     args = ["--checkpoint", straight["workdir"], "--data", val, "--trimap-dir", val / "trimaps"]

@@ -4,7 +4,6 @@ two fake devices, and the exported directory read by predict.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
+from scripts import load_script
 
 from jaxmatte import registry
 from jaxmatte.data import write_synthetic_matting
@@ -265,9 +265,7 @@ def test_data_parallel_matches_single_device(data_root, straight, tmp_path):
 
 
 def test_exported_model_predicts_trimaps(data_root, straight, tmp_path):
-    spec = importlib.util.spec_from_file_location("predict_cli_train_segtrimap", ROOT / "predict.py")
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
+    predict = load_script("predict")
     images = Path(data_root) / "val" / "image"
     if not images.is_dir():
         images = next(p for p in (Path(data_root) / "val").iterdir() if p.is_dir() and "alpha" not in p.name)

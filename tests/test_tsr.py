@@ -22,6 +22,7 @@ import torch
 import tsr_reference as R
 from flax import nnx
 from parity import assert_close, nchw_to_nhwc, perturb_, timed
+from scripts import load_script
 
 import jaxmatte
 from jaxmatte import pretrained, registry
@@ -536,16 +537,12 @@ def _original_predict(student, refiner, rgb: np.ndarray, size: int) -> np.ndarra
 
 
 def test_release_predict_matches_original_pipeline(ref, release, tmp_path):
-    import importlib.util
-    from pathlib import Path
 
     import cv2
 
     from port.reference import demo_image
 
-    spec = importlib.util.spec_from_file_location("predict_cli", Path(__file__).resolve().parents[1] / "predict.py")
-    predict_cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict_cli)
+    predict_cli = load_script("predict")
 
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 _RGB_CONVERTIBLE = {"P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_WARNING_FILTERS = threading.Lock()  # `warnings.catch_warnings` changes process-wide state: one thread at a time
 
 
 class ImageReadError(ValueError):
@@ -185,12 +187,12 @@ def _decode(
     limit = _max_pixels if max_pixels is None else max_pixels
     data = _read_bytes(path)
     try:
-        with warnings.catch_warnings():
+        with _WARNING_FILTERS, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             pil = Image.open(io.BytesIO(data))
-            _check_size(path, pil.size, limit)  # from the header, before decoding
-            wide_colour = _is_wide_colour(pil)  # the tile list is gone after load()
-            pil.load()
+        _check_size(path, pil.size, limit)  # from the header, before decoding
+        wide_colour = _is_wide_colour(pil)  # the tile list is gone after load()
+        pil.load()  # outside the lock: threads decode in parallel
     except UnidentifiedImageError:
         array = _cv2_unchanged(data)
         if array is None:

@@ -90,11 +90,17 @@ def write_synthetic_dis(
     return root
 
 
-def synthetic_sample(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(HxWx3 uint8 RGB image, HxW uint8 alpha) of one synthetic scene."""
+def synthetic_sample(
+    rng: np.random.Generator, height: int, width: int, kinds: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(HxWx3 uint8 RGB image, HxW uint8 alpha) of one synthetic scene; `kinds` (of `KINDS`, drawn in order) picks
+    the foreground structures instead of the random two or three."""
+    unknown = [kind for kind in kinds or () if kind not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown structure kinds {unknown}; known: {KINDS}")
     image = _background(rng, height, width)
     alpha_total = np.zeros((height, width), np.float32)
-    kinds = _pick_kinds(rng)
+    kinds = list(kinds) if kinds else _pick_kinds(rng)
     for kind in kinds:
         alpha = _DRAW[kind](rng, height, width)
         colour = _foreground_texture(rng, height, width)

@@ -216,7 +216,7 @@ class DIM(nnx.Module):
         """This network (never the teacher) on a (B, H, W, 4) input; any size of at least `STRIDE`."""
         if x.ndim != 4 or x.shape[-1] != self.config.in_chans:
             raise ValueError(f"DIM takes (B, H, W, {self.config.in_chans}) inputs, got {x.shape}")
-        if min(x.shape[1:3]) < STRIDE:
+        if x.shape[1] < STRIDE or x.shape[2] < STRIDE:
             raise ValueError(f"DIM needs inputs of at least {STRIDE} px per side, got {x.shape[1:3]}")
         x = x.astype(self.dtype)
         skips, features = [], []

@@ -91,6 +91,12 @@ def warm_start(model: nnx.Module, config: Any) -> None:
         )
 
 
+# No `high_res` split (predict.py --high-res refuses this family). The detail decoder's full-resolution RGB path is
+# not a separate stage: it joins the backbone's top-down path at strides 4, 2 and 1, where the stride-4 input is a
+# transposed-convolution lift with a fixed 4 x 4 pattern per token, tied to the canvas grid. Running that part at a
+# photo's full resolution would resample those features by the photo / canvas ratio and feed the fusion convolutions
+# a mix of scales they never saw in training. The faithful decoder has no RGB path, and the boundary refinement reads
+# the alpha only, so at full resolution it would add no image detail.
 DINOMATTE = register_system(
     System(
         name="dinomatte",

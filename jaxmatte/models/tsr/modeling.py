@@ -38,6 +38,7 @@ from jaxmatte.registry import register
 Dtype = Any
 
 GN_EPS = 1e-5
+MAX_BRANCH_DILATION = 4  # the widest 3x3 branch of a dilated inception block
 DROP_PATH_RATE = 0.1  # timm's default for the Swin backbone, active in the original training
 # preset -> (Swin preset, safe size): every stage grid at the safe size is a multiple of the window.
 BACKBONES = {
@@ -94,6 +95,13 @@ class RefinerConfig:
             raise ValueError(f"fusion_depth must be 1 or 2, got {self.fusion_depth}")
         if self.mid_channels % 4:
             raise ValueError(f"mid_channels {self.mid_channels} must split into 4 branches")
+
+    @property
+    def receptive_radius(self) -> int:
+        """How far (px) the inputs of one refined pixel reach: `conv_in` 3x3 (1), per block the dilation-4 branch (4)
+        and at fusion depth 2 its 3x3 (1), `conv_out` 3x3 (1); 12 for the released refiner."""
+        per_block = MAX_BRANCH_DILATION + (1 if self.fusion_depth == 2 else 0)
+        return 1 + self.num_blocks * per_block + 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -378,7 +386,8 @@ class DilatedInceptionBlock(nnx.Module):
         self.branch1 = ConvBN(features, branch, 1, **kw)
         self.branch2 = ConvBN(features, branch, 3, padding=1, dilation=1, **kw)
         self.branch3 = ConvBN(features, branch, 3, padding=2, dilation=2, **kw)
-        self.branch4 = ConvBN(features, branch, 3, padding=4, dilation=4, **kw)
+        wide = MAX_BRANCH_DILATION
+        self.branch4 = ConvBN(features, branch, 3, padding=wide, dilation=wide, **kw)
         self.fusion = Fusion(features, fusion_depth, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:

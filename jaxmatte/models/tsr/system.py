@@ -15,6 +15,7 @@ import jax
 from flax import nnx
 
 from jaxmatte import losses
+from jaxmatte.highres import TwoStage
 from jaxmatte.models.tsr import teacher as teacher_lib
 from jaxmatte.models.tsr.modeling import TwinSwinConfig
 from jaxmatte.pretrained import is_model_dir, save_pretrained
@@ -76,6 +77,26 @@ class TSRLoss:
 
 def infer(model: nnx.Module, images: jax.Array) -> jax.Array:
     return model(images).alpha
+
+
+def coarse_logits(model: nnx.Module, images: jax.Array) -> jax.Array:
+    """High-resolution mode, coarse stage: the student's logits on the canvas (B, S, S, 1)."""
+    return model.student(images).logits
+
+
+def refine_tile(model: nnx.Module, image: jax.Array, logits: jax.Array) -> jax.Array:
+    """High-resolution mode, refine stage: sigmoid(coarse probability + Δ) of a full-resolution image tile and its
+    coarse logits (restored to the photo's size, then cut like the image), as `TSRMatte` computes it on the canvas."""
+    return jax.nn.sigmoid(model.refiner(image, jax.nn.sigmoid(logits)))
+
+
+def refiner_halo(model: nnx.Module) -> int:
+    return model.config.refiner.receptive_radius
+
+
+# The student's logits are brought to the photo's size; the refiner is fully convolutional (zero padding, no global
+# operation), so it runs tile by tile at full resolution.
+HIGH_RES = TwoStage(coarse=coarse_logits, refine=refine_tile, halo=refiner_halo)
 
 
 def trainable(model: nnx.Module) -> Any:
@@ -212,6 +233,7 @@ def _system(name: str) -> System:
         prepare=prepare,
         export=export,
         converters=(name,),
+        high_res=HIGH_RES if name == "tsr" else None,  # TwinSwin has no refine stage
     )
 
 
