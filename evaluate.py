@@ -58,11 +58,13 @@ from typing import Any
 
 from jaxmatte.cli import (
     DeviceError,
+    add_high_res_arguments,
     add_max_pixels_argument,
     add_predictor_arguments,
     apply_max_pixels,
     count_kinds,
     exit_status,
+    high_res_problem,
     make_predictor,
     non_negative_int,
     output_problem,
@@ -102,6 +104,7 @@ EXAMPLES = """examples:
       --json out.json
   python evaluate.py --checkpoint runs/tsr --data DIS5K/DIS-TE1 --data DIS5K/DIS-TE2 --out-dir eval/tsr \\
       --save-preds eval/tsr/preds --batch-size 4
+  python evaluate.py --checkpoint runs/tsr --data DIS5K/DIS-TE1 --out-dir eval/tsr_hr --high-res --tile 1024
   python evaluate.py --pred-dir trimaps/ --trimap-dir gt_trimaps/ --metrics trimap --json trimaps.json
 
 exit status: 0 all evaluated; 1 some files skipped or unmatched (each listed), images evaluated; 2 no image
@@ -182,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="unknown band (px) of GT trimaps derived from alpha when no trimap is given (default: %(default)s)",
     )
     add_predictor_arguments(model)
+    add_high_res_arguments(model)
     model.add_argument(
         "--chunk-size", type=positive_int, default=32, help="images scored per chunk (memory bound; default: 32)"
     )
@@ -419,7 +423,7 @@ def run_model_mode(args: argparse.Namespace) -> int:
         print("error: --csv / --worst-png name one file; with several --data use --out-dir or --json", file=sys.stderr)
         return 2
     json_path = args.json or (args.out_dir / "metrics.json" if args.out_dir else None)
-    problem = check_outputs(args, names)
+    problem = high_res_problem(args) or check_outputs(args, names)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -59,14 +59,15 @@ from tqdm import tqdm
 
 from jaxmatte.cli import (
     DeviceError,
+    add_high_res_arguments,
     add_max_pixels_argument,
     add_predictor_arguments,
     apply_max_pixels,
     count_kinds,
     exit_status,
+    high_res_problem,
     make_predictor,
     output_problem,
-    positive_int,
     select_device,
 )
 from jaxmatte.data import video as video_io
@@ -151,13 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="video",
         help="video inputs: write videos (default) or PNG sequences, one folder per format",
     )
-    parser.add_argument(
-        "--high-res",
-        action="store_true",
-        help="coarse stage at the checkpoint's input size, refiner at each photo's full resolution in overlapping "
-        "tiles (TSR-Matte)",
-    )
-    parser.add_argument("--tile", type=positive_int, help="with --high-res: tile side in pixels (default 1024)")
+    add_high_res_arguments(parser)
     add_predictor_arguments(parser)
     add_max_pixels_argument(parser)
     return parser
@@ -358,8 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return usage_error(f"{folder}: {option} folder not found")
     if args.save_trimaps is not None and args.trimap_model is None:
         return usage_error("--save-trimaps needs --trimap-model")
-    if args.tile is not None and not args.high_res:
-        return usage_error("--tile needs --high-res")
+    if high_res_problem(args):
+        return usage_error(high_res_problem(args))
     try:
         print(select_device(args.device))  # JAX starts here, after the arguments are checked
         predictor = make_predictor(args)

@@ -193,6 +193,22 @@ def add_predictor_arguments(parser: argparse.ArgumentParser | argparse._Argument
     )
 
 
+def add_high_res_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--high-res` / `--tile`: the high-resolution mode of systems with a `System.high_res` split (TSR-Matte)."""
+    parser.add_argument(
+        "--high-res",
+        action="store_true",
+        help="coarse stage at the checkpoint's input size, refiner at each photo's full resolution in overlapping "
+        "tiles (TSR-Matte)",
+    )
+    parser.add_argument("--tile", type=positive_int, help="with --high-res: tile side in pixels (default 1024)")
+
+
+def high_res_problem(args: argparse.Namespace) -> str | None:
+    """The usage error of `add_high_res_arguments` options, else None."""
+    return "--tile needs --high-res" if args.tile is not None and not args.high_res else None
+
+
 def make_predictor(args: argparse.Namespace, *, resize_policy: str | None = None, input_size: int | None = None) -> Any:
     """A Predictor for `args.checkpoint` from `add_predictor_arguments` options; command-line overrides win over
     `resize_policy` / `input_size` (e.g. from an experiment config). Imports JAX."""

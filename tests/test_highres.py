@@ -7,6 +7,7 @@ images with small tiles, so every run crosses many tile borders.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ from test_predict import CONVERTED_INFO, MEAN, SIZE, STD, tiny_tsr_model
 
 from jaxmatte import highres, pretrained
 from jaxmatte.data.io import read_image, read_mask
+from jaxmatte.data.synthetic import write_synthetic_dis
 from jaxmatte.models.tsr import modeling
 from jaxmatte.predict import Predictor, quantize
 
@@ -192,6 +194,22 @@ def test_cli_refuses_high_res_without_a_refine_stage(checkpoints, predict_cli, t
     assert not any(out.glob("*.png"))
     assert predict_cli.main([*argv, "--tile", "64"]) == 2
     assert capsys.readouterr().err.strip() == "error: --tile needs --high-res"
+
+
+def test_evaluate_high_res_scores_the_tiled_predictions(checkpoints, tiled, tmp_path, capsys):
+    evaluate_cli = load_script("evaluate")
+    root = write_synthetic_dis(tmp_path / "DIS5K", splits={"DIS-TE1": 2}, size_range=((100, 130), (110, 150)))
+    results, preds = tmp_path / "results.json", tmp_path / "preds"
+    argv = ["--checkpoint", str(checkpoints["tsr"]), "--data", str(root / "DIS-TE1"), "--json", str(results)]
+    argv += ["--save-preds", str(preds), "--worst", "0"]
+    assert evaluate_cli.main([*argv, "--high-res", "--tile", str(TILE)]) == 0, capsys.readouterr().err
+    report = json.loads(results.read_text())["DIS-TE1"]
+    assert report["images"] == 2 and report["prediction"]["high_res"]["tile"] == TILE
+    for image in sorted((root / "DIS-TE1" / "im").iterdir()):
+        expected = tiled.predict_arrays([read_image(image)])[0]
+        np.testing.assert_array_equal(read_mask(preds / "DIS-TE1" / f"{image.stem}.png"), expected)
+    assert evaluate_cli.main([*argv, "--tile", "64"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--tile needs --high-res")
 
 
 def test_predictor_refuses_high_res_for_families_without_the_hook(checkpoints):

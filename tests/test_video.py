@@ -201,3 +201,16 @@ def test_odd_sides_and_probe(tmp_path):
     assert (probed.width, probed.height, probed.rate, probed.codec) == (7, 5, Fraction(24), "ffv1")
     with pytest.raises(ImageReadError, match="no such file"):
         video.probe(tmp_path / "missing.mp4")
+
+
+def test_high_res_video_equals_the_high_res_frames(setup, tmp_path):
+    predict_cli = load_script("predict")
+    root, decoded = setup["root"], setup["decoded"]
+    out = tmp_path / "out"
+    argv = [str(root / "clip.mp4"), "--checkpoint", str(root / "model"), "--output", str(out), "--batch-size", "5"]
+    assert predict_cli.main([*argv, "--high-res", "--tile", "32"]) == 0
+    tiled = Predictor(root / "model", batch_size=5, high_res=True, tile=32)
+    expected = np.stack(tiled.predict_arrays(decoded))
+    np.testing.assert_array_equal(np.stack(video.read_frames(out / "clip_alpha.mkv", "gray")), expected)
+    plain = np.stack(setup["predictor"].predict_arrays(decoded))
+    assert np.abs(expected.astype(int) - plain).max() > 0  # the refiner ran at the frames' size, not the canvas's
