@@ -62,6 +62,7 @@ from jaxmatte.cli import (
     add_max_pixels_argument,
     add_predictor_arguments,
     apply_max_pixels,
+    configure_logging,
     count_kinds,
     exit_status,
     high_res_problem,
@@ -265,6 +266,7 @@ def check_outputs(args: argparse.Namespace, names: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         apply_max_pixels(args)
     except ValueError as exc:

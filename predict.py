@@ -63,6 +63,7 @@ from jaxmatte.cli import (
     add_max_pixels_argument,
     add_predictor_arguments,
     apply_max_pixels,
+    configure_logging,
     count_kinds,
     exit_status,
     high_res_problem,
@@ -326,6 +327,7 @@ def usage_error(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()
     try:
         apply_max_pixels(args)
     except ValueError as exc:

@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from jaxmatte.cli import DeviceError, add_device_argument, select_device
+from jaxmatte.cli import DeviceError, add_device_argument, configure_logging, select_device
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    configure_logging(logging.INFO)
     from jaxmatte.data.pipeline import ensure_absl_flags_parsed
     from jaxmatte.train.loop import Interrupted, TrainingError, default_workdir, load_config, run
 

@@ -8,6 +8,7 @@ Exit statuses of predict.py and evaluate.py (`EXIT_*`): 0 every image was writte
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -225,3 +226,11 @@ def make_predictor(args: argparse.Namespace, *, resize_policy: str | None = None
         high_res=getattr(args, "high_res", False),  # predict.py's --high-res / --tile
         tile=getattr(args, "tile", None),
     )
+
+
+def configure_logging(level: int = logging.WARNING) -> None:
+    """One line per record on stderr, `LEVEL logger: message`, for the scripts (train.py: INFO, predict / evaluate:
+    WARNING). Kept as is when the root logger already has handlers (an embedding program's, or a test's)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)

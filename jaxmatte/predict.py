@@ -35,6 +35,7 @@ original size before quantisation instead (e.g. for evaluators that score float 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,6 +57,7 @@ from jaxmatte.pretrained import CONFIG_FILE, load_pretrained, read_config
 
 Quantization = Literal["round", "truncate"]
 WORKDIR_CHECKPOINTS = ("best", "last")
+logger = logging.getLogger(__name__)
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 __all__ = ["Predictor", "Preprocessing", "precision_dtype", "quantize", "resolve_checkpoint", "square_size"]
@@ -84,6 +86,9 @@ def resolve_checkpoint(directory: str | os.PathLike) -> Path:
     candidates = (directory, *(directory / name for name in WORKDIR_CHECKPOINTS))
     for candidate in candidates:
         if pretrained.is_model_dir(candidate):
+            passed = [c for c in candidates[1 : candidates.index(candidate)] if c.is_dir() and any(c.iterdir())]
+            for damaged in passed:  # e.g. best/ cut short: say so rather than quietly use last/
+                logger.warning("%s; using %s instead", pretrained.model_dir_problem(damaged), candidate)
             return candidate
     for candidate in candidates[1:]:  # a workdir export that lost its config.json or params/
         if candidate.is_dir() and any(candidate.iterdir()):

@@ -5,6 +5,7 @@ workdir (letterbox, rounding); outputs are compared bit for bit with independent
 """
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -182,7 +183,7 @@ def test_cli_faithful_pipeline_on_mixed_folder(checkpoints, inputs, predict_cli,
     assert not (flat / "sub").exists() and (flat / "colour.png").is_file()
 
 
-def test_letterbox_pipeline_and_workdir(checkpoints, inputs, tmp_path):
+def test_letterbox_pipeline_and_workdir(checkpoints, inputs, tmp_path, caplog):
     predictor = Predictor(checkpoints["workdir"], batch_size=2)
     assert predictor.directory == checkpoints["workdir"] / "best"
     assert predictor.preprocessing.describe()["resize_policy"] == "letterbox"
@@ -209,6 +210,13 @@ def test_letterbox_pipeline_and_workdir(checkpoints, inputs, tmp_path):
     (broken / "best" / "config.json").symlink_to(checkpoints["workdir"] / "best" / "config.json")
     with pytest.raises(FileNotFoundError, match=r"broken/best/params: missing \(config.json is there"):
         resolve_checkpoint(broken)
+    (broken / "last").symlink_to(only_last / "last")  # a damaged best/ beside a good last/: used, and said
+    with caplog.at_level(logging.WARNING, logger="jaxmatte.predict"):
+        assert resolve_checkpoint(broken) == broken / "last"
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{broken / 'best' / 'params'}: missing (config.json is there, the parameters are not); the save or "
+        f"copy did not finish; using {broken / 'last'} instead"
+    ]
 
     # overrides: the converted release run with the letterbox geometry and rounding gives the letterbox pipeline
     overridden = Predictor(checkpoints["converted"], resize_policy="letterbox", quantization="round")

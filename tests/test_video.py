@@ -214,3 +214,41 @@ def test_high_res_video_equals_the_high_res_frames(setup, tmp_path):
     np.testing.assert_array_equal(np.stack(video.read_frames(out / "clip_alpha.mkv", "gray")), expected)
     plain = np.stack(setup["predictor"].predict_arrays(decoded))
     assert np.abs(expected.astype(int) - plain).max() > 0  # the refiner ran at the frames' size, not the canvas's
+
+
+def set_display_rotation(path, clockwise_degrees):
+    """Write a rotation into an .mp4's track header matrix, as phones record portrait clips stored landscape."""
+    import struct
+
+    cos, sin = {90: (0, 1), 180: (-1, 0), 270: (0, -1)}[clockwise_degrees]
+    data = bytearray(path.read_bytes())
+    box = data.index(b"tkhd")
+    times = 8 + 8 + 4 + 4 + 8 if data[box + 4] == 1 else 4 + 4 + 4 + 4 + 4  # version 1: 64-bit times and duration
+    start = box + 4 + 4 + times + 8 + 2 + 2 + 2 + 2  # after reserved, layer, group, volume, reserved
+    fixed = [cos, sin, 0, -sin, cos, 0, 0, 0]  # 16.16 fixed point (u, v, w: 2.30)
+    matrix = b"".join(struct.pack(">i", value * 65536) for value in fixed) + struct.pack(">i", 1 << 30)
+    data[start : start + 36] = matrix
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("clockwise", [90, 180, 270])
+def test_a_rotated_phone_clip_is_matted_and_written_as_displayed(setup, tmp_path, clockwise):
+    predict_cli = load_script("predict")
+    stored = moving_frames(4)
+    stored[0][:6, :10] = 255  # a mark in the stored frame's top-left corner
+    clip = tmp_path / "phone.mp4"
+    write_clip(clip, stored)
+    set_display_rotation(clip, clockwise)
+    info = video.probe(clip)
+    turned = (HEIGHT, WIDTH) if clockwise == 180 else (WIDTH, HEIGHT)
+    assert (info.height, info.width) == turned and info.rotation == (360 - clockwise) % 360
+    shown = video.read_frames(clip)
+    assert len(shown) == 4 and shown[0].shape == (*turned, 3)
+    corner = {90: (0, -1), 180: (-1, -1), 270: (-1, 0)}[clockwise]  # where the stored top-left corner is shown
+    assert shown[0][corner].min() > 200 and shown[0][0, 0].min() < 150  # white mark there, not here
+    out = tmp_path / "out"
+    argv = [str(clip), "--checkpoint", str(setup["root"] / "model"), "--output", str(out), "--batch-size", "3"]
+    assert predict_cli.main(argv) == 0
+    alphas = np.stack(video.read_frames(out / "phone_alpha.mkv", "gray"))
+    assert alphas.shape == (4, *turned)
+    np.testing.assert_array_equal(alphas, np.stack(setup["predictor"].predict_arrays(shown)))

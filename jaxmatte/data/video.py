@@ -18,15 +18,18 @@ sequences out.
              yuv420p (yuv444p for odd sides)
   ========== =========================================== =================================================
 
-Outputs run at the clip's average frame rate with one output frame per decoded frame (constant frame rate: a clip
-with variable frame timing keeps its frame count and duration, not each frame's timestamp). Audio is not copied, and
-a rotation recorded in the clip's metadata (phone clips) is not applied: outputs have the frames as stored.
+Frames are read as displayed: a rotation in the clip's display matrix (phone clips, stored landscape and shown
+portrait) is applied to every frame, as EXIF orientation is to images, so the model sees the scene upright and the
+outputs (which carry no rotation) play the way the clip does. Outputs run at the clip's average frame rate with one
+output frame per decoded frame (constant frame rate: a clip with variable frame timing keeps its frame count and
+duration, not each frame's timestamp). Audio is not copied.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -90,14 +93,30 @@ def available() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
-    """A clip's first video stream: frame size, average frame rate, the frame count its header gives (0: unknown)
-    and the codec."""
+    """A clip's first video stream: frame size as displayed, average frame rate, the frame count its header gives
+    (0: unknown), the codec, and the rotation its frames are displayed with (degrees counterclockwise, a multiple of
+    90, as FFmpeg reads the display matrix; applied to the frames read)."""
 
     width: int
     height: int
     rate: Fraction
     frames: int
     codec: str
+    rotation: int = 0
+
+
+def displayed(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """An HxW[xC] frame as stored, turned `rotation` degrees counterclockwise (a multiple of 90)."""
+    turns = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(frame, turns)) if turns else frame
+
+
+def _rotation(path: Path, frame: Any) -> int:
+    """The display rotation of a decoded frame (0 without a display matrix); others than multiples of 90 refused."""
+    angle = int(round(getattr(frame, "rotation", 0) or 0))
+    if angle % 90:
+        raise ImageReadError(path, f"a display rotation of {angle} degrees (only multiples of 90 are supported)")
+    return angle % 360
 
 
 def _problem(exc: BaseException) -> str:
@@ -132,11 +151,22 @@ def _info(path: Path, container: Any) -> VideoInfo:
     return VideoInfo(width, height, Fraction(rate), int(stream.frames or 0), name)
 
 
+def _with_rotation(info: VideoInfo, rotation: int) -> VideoInfo:
+    if rotation in (90, 270):
+        return dataclasses.replace(info, width=info.height, height=info.width, rotation=rotation)
+    return dataclasses.replace(info, rotation=rotation)
+
+
 def probe(path: str | Path) -> VideoInfo:
-    """The header of a clip's first video stream (`VideoInfo`); an `ImageReadError` if there is none."""
+    """The header of a clip's first video stream (`VideoInfo`; the first frame is decoded for its display rotation);
+    an `ImageReadError` if there is none."""
     path = Path(path)
     with contextlib.closing(_open(path)) as container:
-        return _info(path, container)
+        info = _info(path, container)
+        frames = _decoded(path, container)
+        first = next(frames, None)
+        frames.close()
+        return info if first is None else _with_rotation(info, _rotation(path, first))
 
 
 _DONE = object()
@@ -153,10 +183,30 @@ def read_batches(path: str | Path, size: int, *, prefetch: int = 2) -> tuple[Vid
     container = _open(path)
     try:
         info = _info(path, container)
+        frames = _decoded(path, container)
+        first = next(frames, None)  # its display matrix gives the rotation, and so the displayed size
+        if first is not None:
+            info = _with_rotation(info, _rotation(path, first))
     except BaseException:
         container.close()
         raise
-    return info, Batches(_batches(path, container, info, size, prefetch), container)
+    stored = (first.width, first.height) if first is not None else (info.width, info.height)
+    batches = _batches(path, container, info, stored, first, frames, size, prefetch)
+    return info, Batches(batches, container)
+
+
+def _decoded(path: Path, container: Any) -> Iterator[Any]:
+    """The first video stream's decoded frames; FFmpeg's errors as `ImageReadError`s (the count decoded before)."""
+    av = import_av()
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    count = 0
+    try:
+        for frame in container.decode(stream):
+            yield frame
+            count += 1
+    except (av.FFmpegError, OSError, ValueError, MemoryError) as exc:
+        raise ImageReadError(path, f"cannot be decoded after frame {count} ({_problem(exc)})") from None
 
 
 class Batches:
@@ -174,8 +224,16 @@ class Batches:
         self._container.close()
 
 
-def _batches(path: Path, container: Any, info: VideoInfo, size: int, prefetch: int) -> Iterator[list[np.ndarray]]:
-    av = import_av()
+def _batches(
+    path: Path,
+    container: Any,
+    info: VideoInfo,
+    stored: tuple[int, int],
+    first: Any,
+    frames: Iterator[Any],
+    size: int,
+    prefetch: int,
+) -> Iterator[list[np.ndarray]]:
     handoff: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -192,14 +250,12 @@ def _batches(path: Path, container: Any, info: VideoInfo, size: int, prefetch: i
         batch: list[np.ndarray] = []
         count = 0
         try:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                if (frame.width, frame.height) != (info.width, info.height):
+            for frame in itertools.chain([first] if first is not None else [], frames):
+                if (frame.width, frame.height) != stored:
                     raise ImageReadError(
-                        path, f"frame {count} is {frame.width}x{frame.height}, the stream {info.width}x{info.height}"
+                        path, f"frame {count} is {frame.width}x{frame.height}, the stream {stored[0]}x{stored[1]}"
                     )
-                batch.append(frame.to_ndarray(format="rgb24"))
+                batch.append(displayed(frame.to_ndarray(format="rgb24"), info.rotation))
                 count += 1
                 if len(batch) == size:
                     if not put(batch):
@@ -210,8 +266,8 @@ def _batches(path: Path, container: Any, info: VideoInfo, size: int, prefetch: i
             put(_DONE if count else ImageReadError(path, "has no decodable video frames"))
         except ImageReadError as error:
             put(error)
-        except (av.FFmpegError, OSError, ValueError, MemoryError) as exc:
-            put(ImageReadError(path, f"cannot be decoded after frame {count} ({_problem(exc)})"))
+        except MemoryError:
+            put(ImageReadError(path, f"cannot be decoded after frame {count} (out of memory)"))
 
     worker = threading.Thread(target=decode, name="jaxmatte-video-decode", daemon=True)
     worker.start()
@@ -327,7 +383,10 @@ def sinks(
 
 
 def read_frames(path: str | Path, layout: str = "rgb24") -> list[np.ndarray]:
-    """Every frame of a (short) clip as arrays in PyAV's `layout` ("rgb24", "rgba", "gray"): for checks and tests,
-    not for long clips."""
-    with contextlib.closing(_open(Path(path))) as container:
-        return [frame.to_ndarray(format=layout) for frame in container.decode(container.streams.video[0])]
+    """Every frame of a (short) clip as displayed, arrays in PyAV's `layout` ("rgb24", "rgba", "gray"): for checks
+    and tests, not for long clips."""
+    path = Path(path)
+    with contextlib.closing(_open(path)) as container:
+        frames = list(container.decode(container.streams.video[0]))
+        rotation = _rotation(path, frames[0]) if frames else 0
+        return [displayed(frame.to_ndarray(format=layout), rotation) for frame in frames]
