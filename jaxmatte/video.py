@@ -81,7 +81,7 @@ def matte_video(
             raise small
         for batch in batches:
             if not outputs:  # opened once the first frames decode: an unreadable clip leaves no files
-                outputs = video.sinks(folder, stem, formats, info, mode)
+                outputs = video.sinks(folder, stem, formats, info, mode, audio_from=path)
             frames = np.stack(batch)
             if estimate:
                 floats = np.stack(predictor.predict_arrays(batch, floats=True))

@@ -252,3 +252,46 @@ def test_a_rotated_phone_clip_is_matted_and_written_as_displayed(setup, tmp_path
     alphas = np.stack(video.read_frames(out / "phone_alpha.mkv", "gray"))
     assert alphas.shape == (4, *turned)
     np.testing.assert_array_equal(alphas, np.stack(setup["predictor"].predict_arrays(shown)))
+
+
+def write_clip_with_audio(path, frames, rate=RATE, sample_rate=48000):
+    """An .mp4 of RGB frames with an AAC tone as long as the video."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate, options={"crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        sound = container.add_stream("aac", rate=sample_rate)
+        sound.layout = "mono"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        count = int(sample_rate * len(frames) / rate)
+        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(count) / sample_rate)).astype(np.float32)[None]
+        for start in range(0, count, 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[:, start : start + 1024].copy(), format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = sample_rate, start
+            container.mux(sound.encode(chunk))
+        container.mux(sound.encode(None))
+        container.mux(stream.encode(None))
+
+
+def audio_packets(path):
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        return stream.codec_context.name, [bytes(packet) for packet in container.demux(stream) if packet.size]
+
+
+def test_rgba_and_composite_videos_carry_the_clips_audio(setup, tmp_path):
+    predict_cli = load_script("predict")
+    clip = tmp_path / "talk.mp4"
+    write_clip_with_audio(clip, moving_frames())
+    codec, packets = audio_packets(clip)
+    assert codec == "aac" and len(packets) > 10
+    out = tmp_path / "out"
+    argv = [str(clip), str(setup["root"] / "clip.mp4"), "--checkpoint", str(setup["root"] / "model")]
+    assert predict_cli.main([*argv, "--output", str(out), "--format", "alpha,rgba,composite", "--batch-size", "5"]) == 0
+    for name in ("talk_rgba.mov", "talk_composite.mp4"):
+        assert audio_packets(out / name) == (codec, packets), name  # copied, not re-encoded
+        assert len(video.read_frames(out / name)) == FRAMES
+    assert audio_packets(out / "talk_alpha.mkv") is None
+    assert all(audio_packets(out / f"clip_{name}") is None for name in ("rgba.mov", "composite.mp4"))  # none to copy

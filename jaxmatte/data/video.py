@@ -22,7 +22,9 @@ Frames are read as displayed: a rotation in the clip's display matrix (phone cli
 portrait) is applied to every frame, as EXIF orientation is to images, so the model sees the scene upright and the
 outputs (which carry no rotation) play the way the clip does. Outputs run at the clip's average frame rate with one
 output frame per decoded frame (constant frame rate: a clip with variable frame timing keeps its frame count and
-duration, not each frame's timestamp). Audio is not copied.
+duration, not each frame's timestamp). The RGBA and composite videos carry the clip's first audio stream, copied
+without re-encoding, when their container takes its codec (AAC, MP3, AC-3, Opus, ALAC, FLAC; PCM in the .mov);
+the alpha video and PNG sequences have none.
 """
 
 from __future__ import annotations
@@ -58,12 +60,16 @@ class Encoding:
     pixel_format: str
     layout: str
     options: tuple[tuple[str, str], ...] = ()
+    audio_codecs: frozenset[str] = frozenset()  # the source's audio is copied when its codec is one of these
 
 
+_MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
 ENCODINGS = {
     "alpha": Encoding("_alpha.mkv", "ffv1", "gray", "gray"),
-    "rgba": Encoding("_rgba.mov", "qtrle", "argb", "rgba"),
-    "composite": Encoding("_composite.mp4", "libx264", "yuv420p", "rgb24", (("crf", "16"), ("preset", "medium"))),
+    "rgba": Encoding("_rgba.mov", "qtrle", "argb", "rgba", audio_codecs=_MP4_AUDIO | {"pcm_s16le", "pcm_s24le"}),
+    "composite": Encoding(
+        "_composite.mp4", "libx264", "yuv420p", "rgb24", (("crf", "16"), ("preset", "medium")), _MP4_AUDIO
+    ),
 }
 FRAME_LAYOUTS = {"alpha": "gray", "rgba": "rgba", "composite": "rgb24"}
 
@@ -289,7 +295,7 @@ class VideoSink:
     """One output video (`Encoding`), written frame by frame; `close()` flushes the encoder, `discard()` closes and
     removes the file (a clip that failed half way leaves nothing behind)."""
 
-    def __init__(self, path: str | Path, encoding: Encoding, info: VideoInfo):
+    def __init__(self, path: str | Path, encoding: Encoding, info: VideoInfo, audio_from: Path | None = None):
         av = import_av()
         self.path = Path(path)
         self.encoding = encoding
@@ -307,29 +313,96 @@ class VideoSink:
         self._stream.time_base = self._time_base
         self._count = 0
         self._av = av
+        self._audio = _AudioCopy(audio_from, self._container, encoding.audio_codecs) if audio_from else None
+
+    @property
+    def has_audio(self) -> bool:
+        return self._audio is not None and self._audio.stream is not None
 
     def write(self, array: np.ndarray) -> None:
         frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=self.encoding.layout)
         frame.pts, frame.time_base = self._count, self._time_base
         self._count += 1
         self._mux(self._stream.encode(frame))
+        if self._audio is not None:  # interleaved: the audio up to the end of this frame
+            self._mux(self._audio.packets_until(self._count * self._time_base))
 
     def close(self) -> None:
         try:
             self._mux(self._stream.encode(None))
+            if self._audio is not None:
+                self._mux(self._audio.packets_until(None))
         finally:
+            self._close_audio()
             self._container.close()
 
     def discard(self) -> None:
+        self._close_audio()
         with contextlib.suppress(Exception):
             self._container.close()
         self.path.unlink(missing_ok=True)
+
+    def _close_audio(self) -> None:
+        if self._audio is not None:
+            self._audio.close()
 
     def _mux(self, packets: Sequence[Any]) -> None:
         try:
             self._container.mux(packets)
         except self._av.FFmpegError as exc:
             raise OSError(getattr(exc, "errno", None), _problem(exc), str(self.path)) from None
+
+
+class _AudioCopy:
+    """The first audio stream of `source`, copied packet by packet (no re-encoding) into `container` when its codec is
+    one of `codecs`; `stream` is None when there is none to copy (no audio, another codec, unreadable)."""
+
+    def __init__(self, source: Path, container: Any, codecs: frozenset[str]):
+        av = import_av()
+        self.stream = self._input = self._packets = None
+        self._pending: Any = None
+        try:
+            self._input = av.open(str(source), mode="r")
+            if not self._input.streams.audio or self._input.streams.audio[0].codec_context.name not in codecs:
+                self.close()
+                return
+            source_stream = self._input.streams.audio[0]
+            self.stream = container.add_stream_from_template(source_stream)
+            self._packets = self._input.demux(source_stream)
+        except (av.FFmpegError, OSError, ValueError):
+            self.stream = None
+            self.close()
+
+    def packets_until(self, end: Fraction | None) -> list[Any]:
+        """The source's packets that start before `end` seconds (all that are left for None), re-addressed to
+        `stream`. A demuxing error ends the copy: the audio is as long as it could be read."""
+        if self._packets is None:
+            return []
+        out = []
+        try:
+            while True:
+                packet = self._pending if self._pending is not None else next(self._packets, None)
+                self._pending = None
+                if packet is None:
+                    self._packets = None
+                    break
+                if packet.size == 0 or packet.pts is None:
+                    continue  # the demuxer's end-of-stream marker, or no time to place it at
+                if end is not None and packet.pts * packet.time_base >= end:
+                    self._pending = packet
+                    break
+                packet.stream = self.stream
+                out.append(packet)
+        except (import_av().FFmpegError, OSError, ValueError):
+            self._packets = None
+        return out
+
+    def close(self) -> None:
+        self._packets = None
+        if self._input is not None:
+            with contextlib.suppress(Exception):
+                self._input.close()
+            self._input = None
 
 
 class FrameFolder:
@@ -365,16 +438,23 @@ def targets(folder: Path, stem: Path, formats: Sequence[str], mode: str = "video
 
 
 def sinks(
-    folder: Path, stem: Path, formats: Sequence[str], info: VideoInfo, mode: str = "video"
+    folder: Path,
+    stem: Path,
+    formats: Sequence[str],
+    info: VideoInfo,
+    mode: str = "video",
+    audio_from: Path | None = None,
 ) -> dict[str, VideoSink | FrameFolder]:
-    """An open sink per format (see the module docstring); on an error those already opened are discarded."""
+    """An open sink per format (see the module docstring); the RGBA and composite videos copy the audio of
+    `audio_from` (the source clip) when their container takes its codec. On an error those already opened are
+    discarded."""
     opened: dict[str, VideoSink | FrameFolder] = {}
     try:
         for name, target in zip(formats, targets(folder, stem, formats, mode), strict=True):
             if name not in VIDEO_FORMATS:
                 raise ValueError(f"videos are written as {', '.join(VIDEO_FORMATS)}, not {name!r}")
             sink = FrameFolder(target, FRAME_LAYOUTS[name]) if mode == "frames" else None
-            opened[name] = sink or VideoSink(target, ENCODINGS[name], info)
+            opened[name] = sink or VideoSink(target, ENCODINGS[name], info, audio_from)
     except BaseException:
         for sink in opened.values():
             sink.discard()
